@@ -1,0 +1,40 @@
+# The project's verbs. `make demo` and `make test` work on a fresh machine with Python 3.11.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint format bench clean-demo
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: generate demo data, embed its images, train, predict, print the AUCs and every output path
+demo: install
+	$(PY) scripts/run_demo.py
+
+## test: the default test suite (slow end-to-end tests included; see README)
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) scripts/bench.py
+
+clean-demo:
+	rm -rf data/demo checkpoints/demo submission/demo

@@ -1,0 +1,211 @@
+"""Typed configuration objects: the schema every experiment is checked against.
+
+A FuxiCTR experiment is one flat dict (``Base`` + expid block + dataset block). We keep that
+YAML shape but split the resolved dict into typed parts, so that every key is known:
+
+- :class:`DatasetConfig` with its :class:`FeatureSpec` list (the dataset block),
+- :class:`TrainerConfig` (optimisation, evaluation, checkpointing, data loading),
+- one model dataclass per ``model:`` name (:data:`MODEL_SCHEMAS`).
+
+The field names are the YAML keys. Defaults follow FuxiCTR where it has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+FEATURE_TYPES = ("meta", "categorical", "sequence", "embedding", "numeric")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One entry of ``feature_cols``.
+
+    ``source: item`` marks an item-side feature: it lives in ``item_info.parquet`` (row index ==
+    item_id) and is looked up for the target item and every history item.
+    """
+
+    name: str
+    type: str
+    dtype: str = "int"
+    active: bool = True
+    vocab_size: int | None = None
+    max_len: int | None = None
+    source: str | None = None
+    embedding_dim: int | None = None
+    padding_idx: int | None = 0
+
+    @property
+    def is_item_side(self) -> bool:
+        return self.source == "item"
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    name: str = "label"
+    dtype: str = "float"
+
+
+@dataclass
+class DatasetConfig:
+    """The dataset block. Paths are used as written (relative paths are relative to the
+    current directory, as in FuxiCTR)."""
+
+    dataset_id: str
+    data_root: str = "./data/"
+    data_format: str = "parquet"
+    train_data: str | None = None
+    valid_data: str | None = None
+    test_data: str | None = None
+    item_info: str | None = None
+    rebuild_dataset: bool = False
+    feature_cols: list[FeatureSpec] = field(default_factory=list)
+    label_col: LabelSpec = field(default_factory=LabelSpec)
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.feature_cols:
+            if f.name == name:
+                return f
+        raise KeyError(f"feature {name!r} is not in feature_cols of dataset {self.dataset_id!r}")
+
+    @property
+    def active_features(self) -> list[FeatureSpec]:
+        return [f for f in self.feature_cols if f.active]
+
+    @property
+    def item_features(self) -> list[FeatureSpec]:
+        """Active features looked up in item_info (target item and history items)."""
+        return [f for f in self.active_features if f.is_item_side]
+
+    @property
+    def side_features(self) -> list[FeatureSpec]:
+        """Active per-row model inputs that are not item-side and not meta (likes/views...)."""
+        return [f for f in self.active_features if not f.is_item_side and f.type != "meta"]
+
+
+@dataclass
+class TrainerConfig:
+    """Everything that is not the model: loss, optimisation, evaluation, checkpoints, loading."""
+
+    loss: str = "binary_crossentropy"
+    metrics: list[str] = field(default_factory=lambda: ["logloss", "AUC"])
+    task: str = "binary_classification"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_regularizer: float | str | None = 0.0
+    net_regularizer: float | str | None = 0.0
+    batch_size: int = 1024
+    eval_batch_size: int | None = None
+    epochs: int = 100
+    shuffle: bool = True
+    seed: int = 2025
+    monitor: str | dict[str, float] = "AUC"
+    monitor_mode: str = "max"
+    early_stop_patience: int = 2
+    reduce_lr_on_plateau: bool = True
+    lr_decay_factor: float = 0.1
+    min_lr: float = 1e-6
+    max_gradient_norm: float = 10.0
+    accumulation_steps: int = 1
+    eval_steps: int | None = None
+    group_id: str | None = None
+    save_best_only: bool = True
+    model_root: str = "./checkpoints/"
+    num_workers: int = 0
+    verbose: int = 1
+    # precision: "auto" = bf16 autocast on CPUs with AMX/AVX512-BF16 and on CUDA GPUs with bf16
+    bf16: bool | str = "auto"
+    # data loading
+    max_len: int | None = None
+    trim_padding: bool = True
+    bucket_by_length: bool = False
+    data_on_device: bool = False
+    pin_memory: bool = True
+
+
+@dataclass
+class ModelBase:
+    """Keys shared by every model."""
+
+    model: str = ""
+    embedding_dim: int = 64
+    hidden_activations: str = "relu"
+    net_dropout: float = 0.0
+    batch_norm: bool = False
+
+
+@dataclass
+class TransformerDCNConfig(ModelBase):
+    model: str = "Transformer_DCN"
+    dcn_cross_layers: int = 3
+    dcn_hidden_units: list[int] = field(default_factory=lambda: [1024, 512, 256])
+    mlp_hidden_units: list[int] = field(default_factory=lambda: [64, 32])
+    num_heads: int = 1
+    transformer_layers: int = 2
+    transformer_dropout: float = 0.2
+    dim_feedforward: int = 256
+    first_k_cols: int = 16
+    concat_max_pool: bool = True
+    # CrossNetV2 variant: None = full rank (as the peers); an int = low-rank mixture (DCN-Mix)
+    cross_low_rank: int | None = None
+    cross_num_experts: int = 1
+
+
+@dataclass
+class DINConfig(ModelBase):
+    model: str = "DIN"
+    dnn_hidden_units: list[int] = field(default_factory=lambda: [1024, 512, 256])
+    dnn_activations: str = "relu"
+    attention_hidden_units: list[int] = field(default_factory=lambda: [64])
+    attention_hidden_activations: str = "Dice"
+    attention_output_activation: str | None = None
+    attention_dropout: float = 0.0
+    din_use_softmax: bool = False
+
+
+@dataclass
+class DCNv2Config(ModelBase):
+    model: str = "DCNv2"
+    model_structure: str = "parallel"
+    use_low_rank_mixture: bool = False
+    low_rank: int = 32
+    num_experts: int = 4
+    num_cross_layers: int = 3
+    stacked_dnn_hidden_units: list[int] = field(default_factory=list)
+    parallel_dnn_hidden_units: list[int] = field(default_factory=lambda: [1024, 512, 256])
+    dnn_activations: str = "relu"
+
+
+MODEL_SCHEMAS: dict[str, type[ModelBase]] = {
+    "Transformer_DCN": TransformerDCNConfig,
+    "DIN": DINConfig,
+    "DCNv2": DCNv2Config,
+}
+
+# Keys FuxiCTR accepts that we deliberately ignore (accepted with a one-line notice).
+IGNORED_KEYS = frozenset(
+    {
+        "pickle_feature_encoder",
+        "debug_mode",
+        "use_features",
+        "feature_specs",
+        "feature_config",
+        "gpu",
+        "ckpt_dir",
+    }
+)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def as_plain(obj: Any) -> Any:
+    """Dataclass tree -> plain YAML/JSON-able python (dicts, lists, scalars)."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj):
+        return asdict(obj)
+    return obj

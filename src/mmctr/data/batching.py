@@ -1,0 +1,147 @@
+"""Batches by vectorised indexing: no per-sample Python anywhere on the hot path.
+
+Training: one seeded permutation per epoch (``seed`` and ``epoch`` decide it, so two runs
+with the same seed see identical batches and every epoch differs). Evaluation/prediction:
+contiguous slices in file order, so the i-th prediction is the i-th row of the file.
+
+Padding trimming: histories are left-padded, so the leading columns that are padding in every
+row of a batch carry no information. They are dropped per batch (keeping at least
+``min_seq_len`` columns, the model's ``first_k_cols``). Masked attention makes this exact:
+trimmed and untrimmed batches give the same outputs.
+
+Length bucketing (``bucket_by_length``, off by default) groups rows of similar history length
+into the same batch and shuffles the batches: less padding, but a different batch composition
+from the plain shuffle.
+
+Under torchrun each rank takes its share of every global batch of the same permutation
+(``rank::world_size``), so the ranks together see every sample exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from mmctr.data.dataset import HISTORY_COL, SplitData
+
+Batch = dict[str, torch.Tensor]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The seeded permutation of epoch ``epoch`` (identical across ranks and reruns)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+class BatchLoader:
+    """Iterates over a :class:`SplitData` in batches of tensors.
+
+    Each batch is a dict with ``item_id`` (B,), ``item_seq`` (B, L') int64 with L' <= L after
+    trimming, the side features (B,), ``label`` (B,) float32 when the split has labels, and
+    ``index`` (B,) the file row numbers of the batch.
+    """
+
+    def __init__(
+        self,
+        split: SplitData,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        min_seq_len: int = 1,
+        trim_padding: bool = True,
+        bucket_by_length: bool = False,
+        on_device: bool = False,
+        pin_memory: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = torch.device(device)
+        self.min_seq_len = max(1, int(min_seq_len))
+        self.trim_padding = trim_padding
+        self.bucket_by_length = bucket_by_length
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        # Inputs as tensors once; ids as int64 for embedding lookups except the wide history
+        # column, kept int32 in memory and widened per batch.
+        store = self.device if on_device else torch.device("cpu")
+        self._tensors: dict[str, torch.Tensor] = {
+            k: torch.from_numpy(v).to(store) for k, v in split.columns.items()
+        }
+        if split.labels is not None:
+            self._tensors["label"] = torch.from_numpy(split.labels).to(store)
+        self._seq_len = torch.from_numpy(split.seq_len.astype(np.int64)).to(store)
+        self._pin = pin_memory and self.device.type == "cuda" and not on_device
+        self._width = split.seq_width
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _order(self) -> torch.Tensor:
+        n = self.split.n_rows
+        if not self.shuffle:
+            return torch.arange(n)
+        perm = epoch_permutation(n, self.seed, self.epoch)
+        if self.bucket_by_length:
+            perm = self._bucketed(perm)
+        return perm
+
+    def _bucketed(self, perm: torch.Tensor) -> torch.Tensor:
+        """Sort each window of 50 global batches by length, then shuffle whole batches."""
+        gb = self.batch_size * self.world_size
+        window = gb * 50
+        lens = self._seq_len.cpu()[perm]
+        parts = []
+        for s in range(0, len(perm), window):
+            chunk = perm[s : s + window]
+            parts.append(chunk[torch.argsort(lens[s : s + window], stable=True)])
+        sorted_perm = torch.cat(parts)
+        n_batches = (len(sorted_perm) + gb - 1) // gb
+        g = torch.Generator().manual_seed(int(self.seed) * 7919 + self.epoch)
+        order = torch.randperm(n_batches, generator=g)
+        return torch.cat([sorted_perm[i * gb : (i + 1) * gb] for i in order.tolist()])
+
+    def __len__(self) -> int:
+        gb = self.batch_size * self.world_size
+        return (self.split.n_rows + gb - 1) // gb
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self._order()
+        gb = self.batch_size * self.world_size
+        for s in range(0, len(order), gb):
+            idx = order[s : s + gb]
+            if self.world_size > 1:
+                idx = idx[self.rank :: self.world_size]
+            yield self.gather(idx)
+
+    def gather(self, idx: torch.Tensor) -> Batch:
+        """The batch of rows ``idx`` (file row numbers), trimmed and on the target device."""
+        store_dev = self._seq_len.device
+        idx_s = idx.to(store_dev)
+        batch: Batch = {}
+        for k, t in self._tensors.items():
+            if k == HISTORY_COL:
+                keep = self._width
+                if self.trim_padding and len(idx_s):
+                    longest = int(self._seq_len.index_select(0, idx_s).max())
+                    keep = min(self._width, max(longest, self.min_seq_len))
+                t = t[:, self._width - keep :]
+            batch[k] = t.index_select(0, idx_s)
+        batch["index"] = idx_s
+        out: Batch = {}
+        for k, t in batch.items():
+            if k == HISTORY_COL or (t.dtype == torch.int32):
+                t = t.long()
+            if self._pin:
+                t = t.pin_memory()
+            out[k] = t.to(self.device, non_blocking=True)
+        return out

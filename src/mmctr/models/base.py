@@ -1,0 +1,41 @@
+"""What every model shares: the item/side encoders and the regularised parameter groups."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmctr.config.schema import DatasetConfig, ModelBase
+from mmctr.data.dataset import HISTORY_COL, TARGET_COL, ItemTable
+from mmctr.models.layers import ItemEncoder, SideEncoder, padding_mask
+
+
+class CTRModel(nn.Module):
+    """Base class: ``forward(batch) -> logits (B,)``. The loss lives outside the model.
+
+    ``batch`` holds ``item_id`` (B,), ``item_seq`` (B, L) left-padded with 0 and the side
+    features (B,); see :class:`mmctr.data.batching.BatchLoader`.
+    """
+
+    def __init__(self, cfg: ModelBase, dataset: DatasetConfig, items: ItemTable) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_encoder = ItemEncoder(dataset, items, cfg.embedding_dim)
+        self.side_encoder = SideEncoder(dataset, cfg.embedding_dim)
+
+    def encode_items(self, batch: dict[str, torch.Tensor]):
+        """-> target (B, D), history (B, L, D), pad (B, L) True = padding."""
+        seq = batch[HISTORY_COL]
+        target = self.item_encoder(batch[TARGET_COL])
+        history = self.item_encoder(seq)
+        return target, history, padding_mask(seq)
+
+    def regularization_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(embedding tables, other weight matrices) for embedding_/net_regularizer."""
+        emb, net = [], []
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                emb.append(module.weight)
+            elif isinstance(module, nn.Linear):
+                net.append(module.weight)
+        return emb, net

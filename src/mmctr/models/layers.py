@@ -1,0 +1,359 @@
+"""Small reusable layers: item/side feature embeddings, masks, the sequence encoder, CrossNetV2, MLP.
+
+Shapes: B = batch, L = history length, D = item representation width, E = embedding_dim.
+Masks: ``pad`` tensors are True where a position is PADDING (ignored), the convention of
+``nn.TransformerEncoder``'s ``src_key_padding_mask``. ``valid`` tensors are the opposite.
+No layer mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmctr.config.schema import DatasetConfig, FeatureSpec
+from mmctr.data.dataset import TARGET_COL, ItemTable
+
+
+def get_activation(name: str | None, dim: int | None = None) -> nn.Module:
+    """FuxiCTR activation names (case-insensitive): relu, prelu, leaky_relu, sigmoid, tanh, gelu,
+    dice, or None / 'linear' for identity."""
+    if name is None or str(name).lower() in ("none", "linear", "identity"):
+        return nn.Identity()
+    key = str(name).lower()
+    if key == "relu":
+        return nn.ReLU()
+    if key == "prelu":
+        return nn.PReLU()
+    if key in ("leaky_relu", "leakyrelu"):
+        return nn.LeakyReLU()
+    if key == "sigmoid":
+        return nn.Sigmoid()
+    if key == "tanh":
+        return nn.Tanh()
+    if key == "gelu":
+        return nn.GELU()
+    if key == "dice":
+        if dim is None:
+            raise ValueError("Dice needs the layer width")
+        return Dice(dim)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class Dice(nn.Module):
+    """Data-adaptive activation of DIN: p(x) * x + (1 - p(x)) * alpha * x, p = sigmoid(BN(x))."""
+
+    def __init__(self, dim: int, eps: float = 1e-9) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, eps=eps, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        p = torch.sigmoid(self.bn(flat)).reshape(shape)
+        return p * x + (1 - p) * self.alpha * x
+
+
+class MLP(nn.Module):
+    """Linear -> [BatchNorm] -> activation -> [Dropout] blocks, optionally a final Linear to
+    ``output_dim``. Input (..., in_dim) -> (..., hidden_units[-1] or output_dim)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_units: list[int],
+        activation: str | None = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        output_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim = input_dim
+        for h in hidden_units:
+            layers.append(nn.Linear(dim, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(get_activation(activation, h))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            dim = h
+        if output_dim is not None:
+            layers.append(nn.Linear(dim, output_dim))
+            dim = output_dim
+        self.net = nn.Sequential(*layers)
+        self.output_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2 and any(isinstance(m, nn.BatchNorm1d | Dice) for m in self.net):
+            return self.net(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.output_dim)
+        return self.net(x)
+
+
+def masked_mean(emb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over dim -2 of ``emb`` (..., T, E) where ``valid`` (..., T) is True; 0 if none."""
+    w = valid.to(emb.dtype).unsqueeze(-1)
+    return (emb * w).sum(-2) / w.sum(-2).clamp_min(1.0)
+
+
+class ItemEncoder(nn.Module):
+    """Item representation shared by the target item and every history item.
+
+    For each active item-side feature (``source: item``):
+    - the item id itself (categorical ``item_id``): a trainable embedding (E);
+    - other categorical item features: a frozen id -> value table, then an embedding (E);
+    - ``sequence`` features (item_tags): frozen id -> tags table, embedding, masked mean (E);
+    - ``embedding`` features (item_emb_d128): frozen id -> vector table (the multimodal
+      embedding cache) and a trainable linear projection to the feature's ``embedding_dim``
+      (FuxiCTR semantics), or E when it has none.
+    Output: the concatenation, (..., D). Item id 0 is padding: its tables are all zero.
+
+    The item tables are registered as buffers, so a checkpoint is self-contained.
+    """
+
+    def __init__(self, dataset: DatasetConfig, items: ItemTable, embedding_dim: int) -> None:
+        super().__init__()
+        self.specs: list[FeatureSpec] = dataset.item_features
+        self.embeddings = nn.ModuleDict()
+        self.projections = nn.ModuleDict()
+        self.out_dim = 0
+        for f in self.specs:
+            if f.name == TARGET_COL:
+                vocab = max(int(f.vocab_size or 0), items.n_items)
+                self.embeddings[f.name] = nn.Embedding(vocab, embedding_dim, padding_idx=0)
+                self.out_dim += embedding_dim
+                continue
+            table = torch.as_tensor(items.features[f.name])
+            if f.type == "embedding":
+                self.register_buffer(f"table_{f.name}", table.float())
+                out = int(f.embedding_dim or embedding_dim)
+                self.projections[f.name] = nn.Linear(table.shape[1], out, bias=False)
+                self.out_dim += out
+            elif f.type in ("categorical", "sequence"):
+                self.register_buffer(f"table_{f.name}", table.long())
+                vocab = int(f.vocab_size or int(table.max()) + 1)
+                self.embeddings[f.name] = nn.Embedding(vocab, embedding_dim, padding_idx=0)
+                self.out_dim += embedding_dim
+            else:
+                raise ValueError(f"item feature {f.name!r}: type {f.type!r} is not supported")
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for f in self.specs:
+            if f.name == TARGET_COL:
+                parts.append(self.embeddings[f.name](item_ids))
+                continue
+            table = getattr(self, f"table_{f.name}")
+            values = table[item_ids]
+            if f.type == "embedding":
+                parts.append(self.projections[f.name](values))
+            elif f.type == "sequence":
+                parts.append(masked_mean(self.embeddings[f.name](values), values != 0))
+            else:
+                parts.append(self.embeddings[f.name](values))
+        return torch.cat(parts, dim=-1)
+
+
+class SideEncoder(nn.Module):
+    """Per-row side features (likes_level, views_level, ...): categorical -> embedding (E),
+    numeric -> linear (E). Output (B, n_features * E)."""
+
+    def __init__(self, dataset: DatasetConfig, embedding_dim: int) -> None:
+        super().__init__()
+        self.specs = dataset.side_features
+        self.layers = nn.ModuleDict()
+        for f in self.specs:
+            if f.type == "categorical":
+                if not f.vocab_size:
+                    raise ValueError(f"feature {f.name!r} needs vocab_size")
+                self.layers[f.name] = nn.Embedding(int(f.vocab_size), embedding_dim, padding_idx=0)
+            elif f.type == "numeric":
+                self.layers[f.name] = nn.Linear(1, embedding_dim)
+            else:
+                raise ValueError(f"side feature {f.name!r}: type {f.type!r} is not supported")
+        self.out_dim = embedding_dim * len(self.specs)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for f in self.specs:
+            x = batch[f.name]
+            if f.type == "numeric":
+                parts.append(self.layers[f.name](x.float().unsqueeze(-1)))
+            else:
+                parts.append(self.layers[f.name](x.long()))
+        if not parts:
+            return torch.zeros(batch[TARGET_COL].shape[0], 0, device=batch[TARGET_COL].device)
+        return torch.cat(parts, dim=-1)
+
+
+def padding_mask(item_seq: torch.Tensor) -> torch.Tensor:
+    """(B, L) True where the history position is padding (item id 0)."""
+    return item_seq == 0
+
+
+class SequenceEncoder(nn.Module):
+    """Transformer over history tokens [history_item || target_item], read out by position.
+
+    Input: history (B, L, D), target (B, D), pad (B, L) True = padding. Each position becomes
+    the token [h_i || target] (2D wide); a Transformer encoder runs over the tokens with
+    ``src_key_padding_mask=pad`` (padding is never attended to). Readout: the outputs of the
+    last ``first_k_cols`` positions, flattened (padding positions zeroed), plus, with
+    ``concat_max_pool``, a masked max-pool over real positions through a linear layer.
+    Output (B, first_k_cols * 2D [+ 2D]).
+
+    Speed: rows are grouped by real history length into a few chunks (lengths up to k, 2k, 4k,
+    ...), and each chunk runs trimmed to its own longest history. Every row is computed exactly
+    as it would be alone (attention only mixes positions of the same row), so this changes
+    no result while skipping most of the padding, which is most of every MicroLens sequence.
+    """
+
+    def __init__(
+        self,
+        item_dim: int,
+        num_heads: int = 1,
+        num_layers: int = 2,
+        dim_feedforward: int = 256,
+        dropout: float = 0.2,
+        first_k_cols: int = 16,
+        concat_max_pool: bool = True,
+        length_chunks: bool = True,
+    ) -> None:
+        super().__init__()
+        self.d_model = 2 * item_dim
+        if self.d_model % num_heads:
+            raise ValueError(
+                f"num_heads={num_heads} must divide the token width 2*item_dim={self.d_model}"
+            )
+        layer = nn.TransformerEncoderLayer(
+            self.d_model, num_heads, dim_feedforward, dropout, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.first_k_cols = int(first_k_cols)
+        self.concat_max_pool = concat_max_pool
+        self.pool_linear = nn.Linear(self.d_model, self.d_model) if concat_max_pool else None
+        self.length_chunks = length_chunks
+        self.out_dim = self.first_k_cols * self.d_model + (self.d_model if concat_max_pool else 0)
+
+    def _encode(self, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """(b, l, 2D) tokens -> (b, out_dim) readout, for rows padded to a common width l."""
+        k = self.first_k_cols
+        # A row with no real item would make attention all -inf (NaN); let it see its last
+        # position (a padding token) instead. A new tensor: the caller's mask is untouched.
+        empty = pad.all(dim=1, keepdim=True)
+        last = torch.zeros_like(pad)
+        last[:, -1] = True
+        attn_pad = pad & ~(empty & last)
+        z = self.encoder(tokens, src_key_padding_mask=attn_pad)
+        z = z.masked_fill(pad.unsqueeze(-1), 0.0)
+        width = z.shape[1]
+        tail = z[:, -k:] if width >= k else nn.functional.pad(z, (0, 0, k - width, 0))
+        out = tail.flatten(1)
+        if self.pool_linear is not None:
+            pooled = z.masked_fill(pad.unsqueeze(-1), float("-inf")).amax(dim=1)
+            pooled = torch.where(torch.isinf(pooled), torch.zeros_like(pooled), pooled)
+            out = torch.cat([out, self.pool_linear(pooled)], dim=-1)
+        return out
+
+    def forward(
+        self, history: torch.Tensor, target: torch.Tensor, pad: torch.Tensor
+    ) -> torch.Tensor:
+        b, seq_w, _ = history.shape
+        tokens = torch.cat([history, target.unsqueeze(1).expand(-1, seq_w, -1)], dim=-1)
+        if not self.length_chunks or b == 0:
+            return self._encode(tokens, pad)
+        lengths = (~pad).sum(dim=1)
+        k = max(self.first_k_cols, 1)
+        # chunk id: 0 for length <= k, 1 for <= 2k, 2 for <= 4k, ...
+        ratio = torch.clamp(lengths.float() / k, min=1.0)
+        chunk = torch.ceil(torch.log2(ratio)).long()
+        out = tokens.new_empty(b, self.out_dim)
+        for c in torch.unique(chunk).tolist():
+            rows = torch.nonzero(chunk == c, as_tuple=True)[0]
+            width = min(seq_w, max(k, int(lengths.index_select(0, rows).max())))
+            sub_tokens = tokens.index_select(0, rows)[:, seq_w - width :]
+            sub_pad = pad.index_select(0, rows)[:, seq_w - width :]
+            enc = self._encode(sub_tokens, sub_pad)
+            out = out.index_copy(0, rows, enc.to(out.dtype))
+        return out
+
+
+class CrossNetV2(nn.Module):
+    """DCN-V2 cross network: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, (B, d) -> (B, d).
+
+    ``low_rank=None`` is the full-rank layer (d*d weights per layer, as the peers). An int r
+    gives the low-rank mixture of ``num_experts`` experts (DCN-Mix): W = U V^T of rank r per
+    expert, gated by a softmax over experts, with far fewer parameters for wide inputs.
+    """
+
+    def __init__(
+        self, input_dim: int, num_layers: int, low_rank: int | None = None, num_experts: int = 1
+    ) -> None:
+        super().__init__()
+        self.low_rank = low_rank
+        if low_rank is None:
+            self.layers = nn.ModuleList(nn.Linear(input_dim, input_dim) for _ in range(num_layers))
+        else:
+            e, r = num_experts, int(low_rank)
+            self.U = nn.ParameterList(
+                nn.Parameter(nn.init.xavier_normal_(torch.empty(e, input_dim, r)))
+                for _ in range(num_layers)
+            )
+            self.V = nn.ParameterList(
+                nn.Parameter(nn.init.xavier_normal_(torch.empty(e, input_dim, r)))
+                for _ in range(num_layers)
+            )
+            self.bias = nn.ParameterList(
+                nn.Parameter(torch.zeros(input_dim)) for _ in range(num_layers)
+            )
+            self.gates = nn.ModuleList(nn.Linear(input_dim, 1, bias=False) for _ in range(e))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        if self.low_rank is None:
+            for layer in self.layers:
+                x = x0 * layer(x) + x
+            return x
+        for U, V, b in zip(self.U, self.V, self.bias):
+            # experts: (B, e, d)
+            low = torch.einsum("bd,edr->ber", x, V)
+            expert = torch.einsum("ber,edr->bed", low, U) + b
+            expert = x0.unsqueeze(1) * expert
+            gate = torch.softmax(torch.cat([g(x) for g in self.gates], dim=-1), dim=-1)
+            x = (gate.unsqueeze(-1) * expert).sum(1) + x
+        return x
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit: weights history items by their relevance to the target.
+
+    history (B, L, D), target (B, D), valid (B, L) True = real item -> pooled (B, D).
+    Padding positions get weight 0 (or -inf before the softmax with ``use_softmax``).
+    """
+
+    def __init__(
+        self,
+        item_dim: int,
+        hidden_units: list[int],
+        activation: str = "Dice",
+        output_activation: str | None = None,
+        dropout: float = 0.0,
+        use_softmax: bool = False,
+    ) -> None:
+        super().__init__()
+        self.mlp = MLP(4 * item_dim, hidden_units, activation, dropout, output_dim=1)
+        self.out_act = get_activation(output_activation)
+        self.use_softmax = use_softmax
+
+    def forward(
+        self, history: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        t = target.unsqueeze(1).expand_as(history)
+        scores = self.out_act(self.mlp(torch.cat([t, history, t - history, t * history], -1)))
+        scores = scores.squeeze(-1)
+        if self.use_softmax:
+            scores = scores.masked_fill(~valid, float("-inf"))
+            scores = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        else:
+            scores = scores * valid.to(scores.dtype)
+        return (scores.unsqueeze(-1) * history).sum(1)

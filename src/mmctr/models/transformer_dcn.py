@@ -1,0 +1,58 @@
+"""Transformer-DCN, the first-place MMCTR architecture, with the padding mask the right way round.
+
+    target, history = ItemEncoder(item_id), ItemEncoder(item_seq)      (B, D), (B, L, D)
+    seq   = SequenceEncoder(history, target, pad)                      (B, k*2D [+ 2D])
+    x     = [side features || target || seq]                           (B, W)
+    h     = [CrossNetV2(x) || MLP(x; dcn_hidden_units)]                (B, W + H)
+    logit = MLP(h; mlp_hidden_units) -> 1                              (B,)
+
+The peers pass ``mask = item_seq > 0`` (True = real item) as ``src_key_padding_mask``, whose
+True means IGNORE, so their attention reads only padding. Here ``pad = item_seq == 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmctr.config.schema import DatasetConfig, TransformerDCNConfig
+from mmctr.data.dataset import ItemTable
+from mmctr.models.base import CTRModel
+from mmctr.models.layers import MLP, CrossNetV2, SequenceEncoder
+
+
+class TransformerDCN(CTRModel):
+    def __init__(self, cfg: TransformerDCNConfig, dataset: DatasetConfig, items: ItemTable) -> None:
+        super().__init__(cfg, dataset, items)
+        item_dim = self.item_encoder.out_dim
+        self.sequence = SequenceEncoder(
+            item_dim,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.transformer_layers,
+            dim_feedforward=cfg.dim_feedforward,
+            dropout=cfg.transformer_dropout,
+            first_k_cols=cfg.first_k_cols,
+            concat_max_pool=cfg.concat_max_pool,
+        )
+        width = self.side_encoder.out_dim + item_dim + self.sequence.out_dim
+        self.cross = CrossNetV2(
+            width, cfg.dcn_cross_layers, cfg.cross_low_rank, cfg.cross_num_experts
+        )
+        self.parallel_dnn = MLP(
+            width, cfg.dcn_hidden_units, cfg.hidden_activations, cfg.net_dropout, cfg.batch_norm
+        )
+        self.head = MLP(
+            width + self.parallel_dnn.output_dim,
+            cfg.mlp_hidden_units,
+            cfg.hidden_activations,
+            cfg.net_dropout,
+            cfg.batch_norm,
+            output_dim=1,
+        )
+        self.input_width = width
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        target, history, pad = self.encode_items(batch)
+        seq = self.sequence(history, target, pad)
+        x = torch.cat([self.side_encoder(batch), target, seq.to(target.dtype)], dim=-1)
+        h = torch.cat([self.cross(x), self.parallel_dnn(x)], dim=-1)
+        return self.head(h).squeeze(-1)

@@ -1,0 +1,123 @@
+"""Small shared helpers: atomic file writes, seeding, devices, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file next to ``path``; on success fsync and rename over ``path``.
+
+    A crash (or an exception inside the block) never leaves a half-written ``path``: either
+    the old file or the complete new one is there.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a temp file + rename (a kill mid-write never corrupts ``path``)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_parquet(table: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """pyarrow Table -> parquet through a temp file + rename."""
+    import pyarrow.parquet as pq
+
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(gpu: int | str | None) -> Any:
+    """``--gpu N`` -> torch.device. -1 / None is CPU; a missing GPU is an error, never a fall-back."""
+    import torch
+
+    if gpu is None or int(gpu) < 0:
+        return torch.device("cpu")
+    gpu = int(gpu)
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"--gpu {gpu} was asked for but CUDA is not available on this machine "
+            "(use --gpu -1 for the CPU)"
+        )
+    if gpu >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"--gpu {gpu} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return torch.device(f"cuda:{gpu}")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def get_logger(name: str = "mmctr", log_file: str | os.PathLike | None = None) -> logging.Logger:
+    """A logger that prints to stderr and, when ``log_file`` is given, APPENDS to it."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    logger.addHandler(sh)
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger

@@ -10,6 +10,15 @@ from mmctr.data.dataset import HISTORY_COL, TARGET_COL, ItemTable
 from mmctr.models.layers import ItemEncoder, SideEncoder, padding_mask
 
 
+def trim_leading_padding(seq: torch.Tensor, keep_at_least: int = 1) -> torch.Tensor:
+    """Drop the leading columns of a left-padded (B, L) history that are 0 in every row."""
+    if seq.shape[0] == 0:
+        return seq
+    longest = int((seq != 0).sum(dim=1).max())
+    width = max(longest, keep_at_least, 1)
+    return seq[:, -width:] if width < seq.shape[1] else seq
+
+
 class CTRModel(nn.Module):
     """Base class: ``forward(batch) -> logits (B,)``. The loss lives outside the model.
 
@@ -23,9 +32,17 @@ class CTRModel(nn.Module):
         self.item_encoder = ItemEncoder(dataset, items, cfg.embedding_dim)
         self.side_encoder = SideEncoder(dataset, cfg.embedding_dim)
 
+    #: histories are never trimmed below this many columns (Transformer_DCN: first_k_cols)
+    min_seq_len: int = 1
+
     def encode_items(self, batch: dict[str, torch.Tensor]):
-        """-> target (B, D), history (B, L, D), pad (B, L) True = padding."""
-        seq = batch[HISTORY_COL]
+        """-> target (B, D), history (B, L', D), pad (B, L') True = padding.
+
+        Columns that are padding in every row are dropped first (L' = longest history, at
+        least ``min_seq_len``), so a batch gives bit-identical outputs however much left
+        padding it arrives with.
+        """
+        seq = trim_leading_padding(batch[HISTORY_COL], self.min_seq_len)
         target = self.item_encoder(batch[TARGET_COL])
         history = self.item_encoder(seq)
         return target, history, padding_mask(seq)

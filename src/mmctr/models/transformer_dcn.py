@@ -23,6 +23,7 @@ from mmctr.models.layers import MLP, CrossNetV2, SequenceEncoder
 class TransformerDCN(CTRModel):
     def __init__(self, cfg: TransformerDCNConfig, dataset: DatasetConfig, items: ItemTable) -> None:
         super().__init__(cfg, dataset, items)
+        self.min_seq_len = cfg.first_k_cols
         item_dim = self.item_encoder.out_dim
         self.sequence = SequenceEncoder(
             item_dim,

@@ -1,0 +1,139 @@
+"""The submission: ``prediction.csv`` (header ``ID,<column>``, ID = test row 0..N-1 in file
+order) and ``<expid>.zip`` holding it at the zip root, validated before anything is written.
+
+The model and its resolved config come from the checkpoint alone; the training data is never
+read. Rows are scored in contiguous slices, so the i-th probability belongs to the i-th row of
+the test file (FuxiCTR 2.3.10's parquet loader scrambles this order).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmctr.data.batching import BatchLoader
+from mmctr.data.dataset import read_split
+from mmctr.training import checkpoint as ckpt_io
+from mmctr.training.metrics import auc
+from mmctr.training.trainer import predict_probs, run_dir_of, use_bf16
+from mmctr.utils import atomic_open, atomic_write_bytes, resolve_device
+
+SUBMISSION_COLUMNS = ("Task1", "Task2", "Task1&2")
+
+
+class SubmissionError(ValueError):
+    """The predictions failed a check; nothing was written."""
+
+
+def _check(ids: np.ndarray, probs: np.ndarray, n_rows: int) -> None:
+    problems = []
+    if len(probs) != n_rows:
+        problems.append(f"{len(probs)} predictions for {n_rows} test rows")
+    if not np.array_equal(ids, np.arange(n_rows)):
+        problems.append("IDs are not exactly 0..N-1 in order")
+    bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1)
+    if bad.any():
+        problems.append(
+            f"{int(bad.sum())} predictions are not finite values in [0, 1] (first at row {int(np.flatnonzero(bad)[0])})"
+        )
+    if problems:
+        raise SubmissionError("submission check failed: " + "; ".join(problems))
+
+
+def write_submission(
+    probs: np.ndarray, out_dir: str | Path, expid: str, column: str = "Task2"
+) -> tuple[Path, Path]:
+    """Validate and write ``prediction.csv`` and ``<expid>.zip`` (temp file, then rename)."""
+    if column not in SUBMISSION_COLUMNS:
+        raise SubmissionError(f"--column must be one of {list(SUBMISSION_COLUMNS)}, got {column!r}")
+    probs = np.asarray(probs, dtype=np.float64)
+    ids = np.arange(len(probs))
+    _check(ids, probs, len(probs))
+    buf = io.StringIO()
+    buf.write(f"ID,{column}\n")
+    np.savetxt(buf, np.column_stack([ids, probs]), fmt=["%d", "%.8f"], delimiter=",")
+    text = buf.getvalue().encode("utf-8")
+    out_dir = Path(out_dir)
+    csv_path, zip_path = out_dir / "prediction.csv", out_dir / f"{expid}.zip"
+    atomic_write_bytes(csv_path, text)
+    with atomic_open(zip_path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("prediction.csv", text)
+    return csv_path, zip_path
+
+
+def predict_submission(
+    config_dir: str | Path | None,
+    expid: str,
+    *,
+    gpu: int | None = -1,
+    column: str = "Task2",
+    out_dir: str | Path = "submission",
+    test_data: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    batch_size: int | None = None,
+    overrides: list[str] | None = None,
+    allow_hash_mismatch: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the test file with the best checkpoint of ``expid`` and write the submission.
+
+    The run folder comes from the config (``<model_root>/<dataset_id>/<expid>/model.pt``)
+    unless ``checkpoint`` names the file. Returns a summary dict.
+    """
+    if column not in SUBMISSION_COLUMNS:
+        raise SubmissionError(f"--column must be one of {list(SUBMISSION_COLUMNS)}, got {column!r}")
+    if checkpoint is None:
+        from mmctr.config import load_config
+
+        cfg = load_config(
+            config_dir, expid, overrides=overrides, allow_hash_mismatch=allow_hash_mismatch
+        )
+        checkpoint = run_dir_of(cfg) / "model.pt"
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"no trained model for expid {expid!r}: {checkpoint} does not exist "
+                f"(train it first: python run_expid.py --config {config_dir} --expid {expid})"
+            )
+    device = resolve_device(gpu)
+    model, cfg, ckpt = ckpt_io.load_model(checkpoint, device)
+    ds = cfg.dataset
+    test_path = str(test_data or ds.test_data or "")
+    if not test_path:
+        raise FileNotFoundError(
+            "no test file: the config has no test_data and --test-data was not given"
+        )
+    t0 = time.perf_counter()
+    split = read_split(
+        test_path,
+        ds,
+        n_items=int(ckpt["item_tables"]["n_items"]),
+        max_len=cfg.trainer.max_len,
+        require_label=False,
+    )
+    bf16 = use_bf16(cfg.trainer.bf16, device)
+    loader = BatchLoader(
+        split,
+        batch_size or max(cfg.trainer.batch_size, 4096),
+        device=device,
+        min_seq_len=int(getattr(cfg.model, "first_k_cols", 1) or 1),
+    )
+    probs = predict_probs(model, loader, bf16=bf16, progress=progress, desc="scoring test")
+    seconds = time.perf_counter() - t0
+    csv_path, zip_path = write_submission(probs, out_dir, cfg.expid, column)
+    summary: dict[str, Any] = {
+        "rows": int(split.n_rows),
+        "mean_prediction": float(probs.mean()) if len(probs) else float("nan"),
+        "csv": str(csv_path),
+        "zip": str(zip_path),
+        "checkpoint": str(checkpoint),
+        "test_data": test_path,
+        "seconds": seconds,
+    }
+    if split.labels is not None and len(np.unique(split.labels)) == 2:
+        summary["test_AUC"] = auc(split.labels, probs)
+    return summary

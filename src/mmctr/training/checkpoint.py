@@ -1,0 +1,110 @@
+"""Checkpoints that survive a kill and rebuild their model without the training data.
+
+- ``model.pt``: best weights + the resolved config + item-table shapes, so
+  :func:`load_model` rebuilds the model from the file alone (prediction reads no training data;
+  the item tables travel inside the weights as buffers).
+- ``last.pt``: model, optimizer, trainer state (epoch, step, best metric, patience, lr,
+  history) and every RNG state, for ``--resume``.
+
+Both are written to a temp file and renamed: a crash mid-write leaves the previous file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmctr import __version__
+from mmctr.data.dataset import ItemTable
+from mmctr.utils import atomic_torch_save
+
+
+def item_table_shapes(items: ItemTable) -> dict[str, Any]:
+    return {
+        "n_items": items.n_items,
+        "features": {k: [list(v.shape), str(v.dtype)] for k, v in items.features.items()},
+    }
+
+
+def empty_item_table(shapes: dict[str, Any]) -> ItemTable:
+    """Zero tables of the saved shapes; the real values come with the state dict."""
+    feats = {k: np.zeros(shape, dtype=dtype) for k, (shape, dtype) in shapes["features"].items()}
+    return ItemTable(n_items=int(shapes["n_items"]), features=feats)
+
+
+def save_best(
+    path: Path, model: torch.nn.Module, config: dict, items_shapes: dict, info: dict
+) -> None:
+    atomic_torch_save(
+        {
+            "format": "mmctr.model/1",
+            "mmctr_version": __version__,
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "config": config,
+            "item_tables": items_shapes,
+            **info,
+        },
+        path,
+    )
+
+
+def rng_states() -> dict[str, Any]:
+    import random
+
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (global state is what we restore)
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])  # noqa: NPY002
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_last(path: Path, model: torch.nn.Module, optimizer, state: dict, config: dict) -> None:
+    atomic_torch_save(
+        {
+            "format": "mmctr.last/1",
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer_state": optimizer.state_dict(),
+            "trainer_state": state,
+            "rng": rng_states(),
+            "config": config,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu"):
+    """Rebuild the model of a ``model.pt`` -> (model in eval mode, ExperimentConfig, checkpoint)."""
+    from mmctr.config import ExperimentConfig
+    from mmctr.models import build_model
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != "mmctr.model/1":
+        raise ValueError(f"{path} is not an mmctr model checkpoint (format {ckpt.get('format')!r})")
+    cfg = ExperimentConfig.from_dict(ckpt["config"])
+    model = build_model(cfg.model, cfg.dataset, empty_item_table(ckpt["item_tables"]))
+    model.load_state_dict(ckpt["model_state"])
+    model.to(device).eval()
+    return model, cfg, ckpt

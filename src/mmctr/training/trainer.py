@@ -1,0 +1,511 @@
+"""The training recipe: ``train(cfg) -> metrics``, readable top to bottom.
+
+setup (data, model, optimizer)  ->  for each epoch: shuffled batches, accumulated steps,
+evaluation (every epoch or every ``eval_steps``), best/last checkpoints, lr decay on plateau,
+early stopping  ->  reload the best weights, final valid (and test) metrics, curves.
+
+Run folder ``<model_root>/<dataset_id>/<expid>/``: model.pt (best), last.pt (resume),
+train.log (appended), config.yaml (resolved), metrics.json, curves.png. Under torchrun only
+rank 0 writes files.
+
+Loss: binary cross-entropy on logits, averaged over the samples of an optimizer step (also
+for the last, partial accumulation window of an epoch, which always steps), plus the
+embedding/net L2 regularisers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmctr.data.batching import BatchLoader
+from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
+from mmctr.models import build_model
+from mmctr.training import checkpoint as ckpt_io
+from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
+from mmctr.training.metrics import evaluate_predictions, monitor_value
+from mmctr.utils import (
+    atomic_write_text,
+    cpu_supports_bf16,
+    get_logger,
+    resolve_device,
+    seed_everything,
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoints were kept."""
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best: float | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0
+    lr: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: bool = False
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.trainer.model_root) / cfg.dataset.dataset_id / cfg.expid
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    if isinstance(setting, str):
+        if setting != "auto":
+            raise ValueError(f"bf16 must be true, false or 'auto', got {setting!r}")
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return cpu_supports_bf16()
+    return bool(setting)
+
+
+def autocast_ctx(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _parse_reg(value) -> float:
+    if value in (None, ""):
+        return 0.0
+    return float(value)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    table = {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "sgd": torch.optim.SGD,
+        "adagrad": torch.optim.Adagrad,
+        "rmsprop": torch.optim.RMSprop,
+    }
+    key = name.lower()
+    if key not in table:
+        raise ValueError(f"optimizer {name!r} is not supported; choose one of {sorted(table)}")
+    return table[key](params, lr=lr, weight_decay=weight_decay)
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module,
+    loader: BatchLoader,
+    *,
+    bf16: bool = False,
+    progress: bool = False,
+    desc: str = "predict",
+) -> np.ndarray:
+    """Click probabilities of every row of ``loader`` (which must not shuffle), in file order."""
+    if loader.shuffle:
+        raise ValueError("predict_probs needs an unshuffled loader (file order)")
+    model.eval()
+    out = np.empty(loader.split.n_rows, dtype=np.float32)
+    pos = 0
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        with autocast_ctx(loader.device, bf16):
+            logits = model(batch)
+        p = torch.sigmoid(logits.float()).cpu().numpy()
+        out[pos : pos + len(p)] = p
+        pos += len(p)
+    assert pos == loader.split.n_rows
+    return out
+
+
+def evaluate_split(
+    model: nn.Module,
+    split: SplitData,
+    dist: DistContext,
+    *,
+    batch_size: int,
+    device: torch.device,
+    min_seq_len: int,
+    bf16: bool,
+    cold_items: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Metrics over the whole split; under torchrun each rank scores a contiguous share and the
+    shares are gathered, so every row counts exactly once."""
+    lo = split.n_rows * dist.rank // dist.world_size
+    hi = split.n_rows * (dist.rank + 1) // dist.world_size
+    part = _slice_split(split, lo, hi) if dist.enabled else split
+    loader = BatchLoader(part, batch_size, device=device, min_seq_len=min_seq_len)
+    probs = predict_probs(model, loader, bf16=bf16)
+    probs = np.concatenate(dist.all_gather_object(probs)) if dist.enabled else probs
+    metrics: dict[str, Any] = evaluate_predictions(split.labels, probs, split.groups)
+    if cold_items is not None:
+        cold = np.isin(split.columns[TARGET_COL], cold_items, invert=True)
+        if cold.any() and (~cold).any():
+            metrics["cold_AUC"] = evaluate_predictions(split.labels[cold], probs[cold])["AUC"]
+            metrics["warm_AUC"] = evaluate_predictions(split.labels[~cold], probs[~cold])["AUC"]
+            metrics["cold_rows"] = int(cold.sum())
+    return metrics
+
+
+def _slice_split(split: SplitData, lo: int, hi: int) -> SplitData:
+    return SplitData(
+        path=split.path,
+        n_rows=hi - lo,
+        columns={k: v[lo:hi] for k, v in split.columns.items()},
+        seq_len=split.seq_len[lo:hi],
+        labels=None if split.labels is None else split.labels[lo:hi],
+        groups=None if split.groups is None else split.groups[lo:hi],
+    )
+
+
+def _window_sizes(n_rows: int, global_batch: int, accumulation: int) -> list[int]:
+    """Samples in each accumulation window of an epoch (the last window may be partial)."""
+    n_batches = math.ceil(n_rows / global_batch)
+    sizes = [min(global_batch, n_rows - i * global_batch) for i in range(n_batches)]
+    return [sum(sizes[i : i + accumulation]) for i in range(0, n_batches, accumulation)]
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmctr.utils import atomic_open
+
+    x = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in zip(
+        axes, ["train_loss", "AUC", "logloss"], ["train loss", "valid AUC", "valid logloss"]
+    ):
+        ax.plot(x, [h.get(key, float("nan")) for h in history], marker="o")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` (an ExperimentConfig) and return ``{"valid": ..., "test": ..., "run_dir": ...}``."""
+    dist = init_distributed(use_cuda=gpu is not None and int(gpu) >= 0)
+    try:
+        return _train(cfg, gpu, resume, progress, dist)
+    finally:
+        shutdown_distributed()
+
+
+def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[str, Any]:
+    t = cfg.trainer
+    if dist.enabled and gpu is not None and int(gpu) >= 0:
+        device = resolve_device(dist.local_rank)
+    else:
+        device = resolve_device(gpu)
+    run_dir = run_dir_of(cfg)
+    main = dist.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    log = get_logger("mmctr.train", run_dir / "train.log" if main else None)
+    if not main:
+        log.disabled = True
+    bf16 = use_bf16(t.bf16, device)
+    log.info("=" * 70)
+    log.info(
+        "expid %s | model %s | device %s | bf16 %s | world size %d | run dir %s",
+        cfg.expid,
+        cfg.model.model,
+        device,
+        bf16,
+        dist.world_size,
+        run_dir,
+    )
+    for note in getattr(cfg, "notices", []):
+        log.info("notice: %s", note)
+    if main:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    seed_everything(t.seed + dist.rank)
+
+    # ---- data -------------------------------------------------------------------------
+    ds = cfg.dataset
+    t0 = time.perf_counter()
+    items = read_item_table(ds.item_info, ds)
+    group_col = t.group_id or (
+        "user_id" if any(f.name == "user_id" for f in ds.feature_cols) else None
+    )
+    read = dict(n_items=items.n_items, max_len=t.max_len, group_col=group_col)
+    train_split = read_split(ds.train_data, ds, **read)
+    valid_split = read_split(ds.valid_data, ds, **read)
+    log.info(
+        "data: %d items, %d train rows, %d valid rows, history width %d (%.1fs)",
+        items.n_items,
+        train_split.n_rows,
+        valid_split.n_rows,
+        train_split.seq_width,
+        time.perf_counter() - t0,
+    )
+    train_items = np.unique(train_split.columns[TARGET_COL])
+    min_seq_len = int(getattr(cfg.model, "first_k_cols", 1) or 1)
+    loader = BatchLoader(
+        train_split,
+        t.batch_size,
+        shuffle=t.shuffle,
+        seed=t.seed,
+        device=device,
+        min_seq_len=min_seq_len,
+        trim_padding=t.trim_padding,
+        bucket_by_length=t.bucket_by_length,
+        on_device=t.data_on_device,
+        pin_memory=t.pin_memory,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    eval_bs = t.eval_batch_size or max(t.batch_size, 4096)
+
+    # ---- model and optimizer -----------------------------------------------------------
+    model = build_model(cfg.model, ds, items).to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model: %s trainable parameters", f"{n_params:,}")
+    emb_params, net_params = model.regularization_groups()
+    emb_reg, net_reg = _parse_reg(t.embedding_regularizer), _parse_reg(t.net_regularizer)
+    net_model: nn.Module = model
+    if dist.enabled:
+        net_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = make_optimizer(t.optimizer, model.parameters(), t.learning_rate, t.weight_decay)
+    state = TrainerState(lr=t.learning_rate)
+    items_shapes = ckpt_io.item_table_shapes(items)
+    cfg_dict = cfg.to_dict()
+
+    last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no {last_path} to resume from")
+        saved = ckpt_io.load_checkpoint(last_path)
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        state = TrainerState(**saved["trainer_state"])
+        ckpt_io.set_rng_states(saved["rng"])
+        log.info(
+            "resumed from %s: epoch %d, step %d, best %s",
+            last_path,
+            state.epoch,
+            state.step,
+            state.best,
+        )
+    for g in optimizer.param_groups:
+        g["lr"] = state.lr
+
+    sign = 1.0 if t.monitor_mode == "max" else -1.0
+    global_batch = t.batch_size * dist.world_size
+    windows = _window_sizes(train_split.n_rows, global_batch, t.accumulation_steps)
+
+    def evaluate_and_checkpoint(train_loss: float, epoch_float: float) -> None:
+        metrics = evaluate_split(
+            model,
+            valid_split,
+            dist,
+            batch_size=eval_bs,
+            device=device,
+            min_seq_len=min_seq_len,
+            bf16=bf16,
+            cold_items=train_items,
+        )
+        value = monitor_value(metrics, t.monitor)
+        improved = state.best is None or sign * (value - state.best) > 1e-9
+        record = {
+            "step": state.step,
+            "epoch": round(epoch_float, 4),
+            "train_loss": train_loss,
+            "lr": state.lr,
+            **metrics,
+            "monitor": value,
+        }
+        state.history.append(record)
+        log.info(
+            "eval @ epoch %.2f step %d: train_loss %.5f | valid AUC %.5f logloss %.5f gAUC %s | monitor %.5f%s",
+            epoch_float,
+            state.step,
+            train_loss,
+            metrics["AUC"],
+            metrics["logloss"],
+            f"{metrics.get('gAUC', float('nan')):.5f}",
+            value,
+            " (best)" if improved else "",
+        )
+        if improved:
+            state.best, state.best_metrics, state.bad_evals = value, metrics, 0
+            if main:
+                ckpt_io.save_best(
+                    best_path,
+                    model,
+                    cfg_dict,
+                    items_shapes,
+                    {"epoch": epoch_float, "step": state.step, "valid": metrics},
+                )
+        else:
+            state.bad_evals += 1
+            if t.reduce_lr_on_plateau and state.lr > t.min_lr:
+                state.lr = max(state.lr * t.lr_decay_factor, t.min_lr)
+                for g in optimizer.param_groups:
+                    g["lr"] = state.lr
+                log.info("no improvement: learning rate -> %.2e", state.lr)
+            if state.bad_evals >= t.early_stop_patience:
+                state.stopped = True
+                log.info("early stopping: %d evaluations without improvement", state.bad_evals)
+        if not t.save_best_only and main:
+            ckpt_io.save_best(
+                run_dir / f"model_step{state.step}.pt",
+                model,
+                cfg_dict,
+                items_shapes,
+                {"epoch": epoch_float, "step": state.step, "valid": metrics},
+            )
+        net_model.train()
+
+    # ---- the loop ----------------------------------------------------------------------
+    n_batches = len(loader)
+    t_train = time.perf_counter()
+    while state.epoch < t.epochs and not state.stopped:
+        epoch = state.epoch
+        loader.set_epoch(epoch)
+        net_model.train()
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            disable=not (progress and main),
+            leave=False,
+        )
+        for i, batch in enumerate(bar):
+            window = i // t.accumulation_steps
+            closes_window = (i + 1) % t.accumulation_steps == 0 or i + 1 == n_batches
+            sync = contextlib.nullcontext()
+            if dist.enabled and not closes_window:
+                sync = net_model.no_sync()
+            with sync:
+                labels = batch["label"]
+                with autocast_ctx(device, bf16):
+                    logits = net_model(batch)
+                bce = nn.functional.binary_cross_entropy_with_logits(
+                    logits.float(), labels, reduction="sum"
+                )
+                # Mean over the samples of this optimizer step, on every rank: DDP averages
+                # gradients over ranks, so scale by world size to get the global mean.
+                loss = bce * (dist.world_size / windows[window])
+                if not torch.isfinite(bce):
+                    msg = (
+                        f"loss became {bce.item()} at epoch {epoch + 1}, batch {i + 1} "
+                        f"(step {state.step}); stopping. The last good checkpoints are kept in "
+                        f"{run_dir} (model.pt = best, last.pt = last completed epoch). "
+                        "Try a lower learning_rate or bf16: false."
+                    )
+                    log.error(msg)
+                    raise TrainingDiverged(msg)
+                loss.backward()
+            loss_sum += float(bce.detach())
+            seen += int(labels.shape[0])
+            if closes_window:
+                if emb_reg or net_reg:
+                    # regularisers once per step, on the parameters (FuxiCTR: reg/2 * ||W||^2)
+                    reg = sum(
+                        (p.pow(2).sum() for p in emb_params), torch.zeros((), device=device)
+                    ) * (emb_reg / 2)
+                    reg = reg + sum(
+                        (p.pow(2).sum() for p in net_params), torch.zeros((), device=device)
+                    ) * (net_reg / 2)
+                    reg.backward()
+                if t.max_gradient_norm and t.max_gradient_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), t.max_gradient_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                if progress and main:
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
+                if t.eval_steps and state.step % t.eval_steps == 0:
+                    total = dist.all_reduce_sum(loss_sum) / max(dist.all_reduce_sum(seen), 1)
+                    evaluate_and_checkpoint(total, epoch + (i + 1) / n_batches)
+                    if state.stopped:
+                        break
+        state.epoch = epoch + 1
+        total_seen = int(dist.all_reduce_sum(seen))
+        train_loss = dist.all_reduce_sum(loss_sum) / max(total_seen, 1)
+        if not t.eval_steps and not state.stopped:
+            evaluate_and_checkpoint(train_loss, float(state.epoch))
+        log.info(
+            "epoch %d done: %d samples, train_loss %.5f, %.1fs since start",
+            state.epoch,
+            total_seen,
+            train_loss,
+            time.perf_counter() - t_train,
+        )
+        if main:
+            ckpt_io.save_last(last_path, model, optimizer, state.__dict__, cfg_dict)
+        dist.barrier()
+
+    # ---- final metrics with the best weights -------------------------------------------
+    dist.barrier()
+    best = ckpt_io.load_checkpoint(best_path)
+    model.load_state_dict(best["model_state"])
+    results: dict[str, Any] = {
+        "valid": evaluate_split(
+            model,
+            valid_split,
+            dist,
+            batch_size=eval_bs,
+            device=device,
+            min_seq_len=min_seq_len,
+            bf16=bf16,
+            cold_items=train_items,
+        )
+    }
+    if ds.test_data and Path(ds.test_data).is_file():
+        test_split = read_split(ds.test_data, ds, require_label=False, **read)
+        if test_split.labels is not None:
+            results["test"] = evaluate_split(
+                model,
+                test_split,
+                dist,
+                batch_size=eval_bs,
+                device=device,
+                min_seq_len=min_seq_len,
+                bf16=bf16,
+                cold_items=train_items,
+            )
+    results["history"] = [h for h in state.history if "AUC" in h]
+    results["best_step"] = best.get("step")
+    results["epochs"] = state.epoch
+    results["train_seconds"] = time.perf_counter() - t_train
+    if main:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(results), indent=2))
+        plot_curves(results["history"], run_dir / "curves.png")
+    log.info("best valid: %s", _fmt(results["valid"]))
+    if "test" in results:
+        log.info("test: %s", _fmt(results["test"]))
+    results["run_dir"] = str(run_dir)
+    return results
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.5f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,210 @@
+"""Layer and model tests: masks the right way round, padding never matters, inputs untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmctr.config.schema import (
+    DatasetConfig,
+    DCNv2Config,
+    DINConfig,
+    FeatureSpec,
+    TransformerDCNConfig,
+)
+from mmctr.data.dataset import ItemTable
+from mmctr.models import build_model
+from mmctr.models.layers import CrossNetV2, SequenceEncoder, masked_mean
+
+N_ITEMS, L = 50, 20
+
+
+def _dataset() -> DatasetConfig:
+    return DatasetConfig(
+        dataset_id="unit",
+        feature_cols=[
+            FeatureSpec("user_id", "meta"),
+            FeatureSpec("item_seq", "meta"),
+            FeatureSpec("likes_level", "categorical", vocab_size=11),
+            FeatureSpec("views_level", "categorical", vocab_size=11),
+            FeatureSpec("item_id", "categorical", vocab_size=N_ITEMS, source="item"),
+            FeatureSpec("item_tags", "sequence", max_len=5, vocab_size=30, source="item"),
+            FeatureSpec(
+                "item_emb_d128", "embedding", dtype="float", embedding_dim=8, source="item"
+            ),
+        ],
+    )
+
+
+def _items(seed: int = 0) -> ItemTable:
+    rng = np.random.default_rng(seed)
+    tags = rng.integers(1, 30, size=(N_ITEMS, 5))
+    tags[:, :2] = 0
+    emb = rng.normal(size=(N_ITEMS, 16)).astype(np.float32)
+    tags[0], emb[0] = 0, 0
+    return ItemTable(N_ITEMS, {"item_tags": tags, "item_emb_d128": emb})
+
+
+def _batch(b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, N_ITEMS, (b, L), generator=g)
+    lengths = torch.tensor([3, 5, 8, 1, 17, 12][:b])
+    pos = torch.arange(L).expand(b, L)
+    seq = torch.where(pos >= L - lengths[:, None], seq, torch.zeros_like(seq))
+    return {
+        "item_id": torch.randint(1, N_ITEMS, (b,), generator=g),
+        "item_seq": seq,
+        "likes_level": torch.randint(1, 11, (b,), generator=g),
+        "views_level": torch.randint(1, 11, (b,), generator=g),
+    }
+
+
+def _tdcn(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = TransformerDCNConfig(
+        embedding_dim=8,
+        num_heads=2,
+        transformer_layers=1,
+        dim_feedforward=16,
+        first_k_cols=4,
+        dcn_cross_layers=2,
+        dcn_hidden_units=[16],
+        mlp_hidden_units=[8],
+        **kw,
+    )
+    return build_model(cfg, _dataset(), _items()).eval()
+
+
+MODELS = {
+    "Transformer_DCN": _tdcn,
+    "DIN": lambda: build_model(
+        DINConfig(embedding_dim=8, dnn_hidden_units=[16], attention_hidden_units=[8]),
+        _dataset(),
+        _items(),
+    ).eval(),
+    "DCNv2": lambda: build_model(
+        DCNv2Config(embedding_dim=8, parallel_dnn_hidden_units=[16]), _dataset(), _items()
+    ).eval(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_history_content_changes_prediction_and_padding_does_not(name):
+    model = MODELS[name]()
+    batch = _batch()
+    with torch.no_grad():
+        base = model(batch)
+        assert base.shape == (6,) and torch.isfinite(base).all()
+        # change one REAL history item of row 1 (length 5): its prediction must move
+        changed = {k: v.clone() for k, v in batch.items()}
+        changed["item_seq"][1, -2] = (changed["item_seq"][1, -2] % (N_ITEMS - 1)) + 1
+        out = model(changed)
+        assert not torch.allclose(out[1], base[1])
+        assert torch.equal(out[[0, 2, 3, 4, 5]], base[[0, 2, 3, 4, 5]])
+        # extra leading padding (a wider left-padded history) must change nothing
+        wider = dict(batch)
+        wider["item_seq"] = torch.cat([torch.zeros(6, 30, dtype=torch.long), batch["item_seq"]], 1)
+        assert torch.equal(model(wider), base)
+        # trimmed padding (drop columns that are padding in every row) changes nothing either
+        trimmed = dict(batch)
+        trimmed["item_seq"] = batch["item_seq"][:, -17:]
+        assert torch.equal(model(trimmed), base)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_never_mutate_the_callers_tensors(name):
+    model = MODELS[name]().train()
+    batch = _batch()
+    before = {k: v.clone() for k, v in batch.items()}
+    model(batch).sum().backward()
+    for k in batch:
+        assert torch.equal(batch[k], before[k]), k
+
+
+def test_sequence_encoder_ignores_padding_content_and_attends_to_real_items():
+    """Would have caught the peers' bug: with mask = (seq > 0) passed as src_key_padding_mask
+    the encoder attends ONLY to padding, so garbage at padding positions changes the output."""
+    torch.manual_seed(0)
+    enc = SequenceEncoder(
+        item_dim=4,
+        num_heads=1,
+        num_layers=1,
+        dim_feedforward=8,
+        dropout=0.0,
+        first_k_cols=3,
+        concat_max_pool=True,
+        length_chunks=False,
+    ).eval()
+    b, w = 2, 6
+    history = torch.randn(b, w, 4)
+    target = torch.randn(b, 4)
+    pad = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    pad_before = pad.clone()
+    with torch.no_grad():
+        out = enc(history, target, pad)
+        garbage = history.clone()
+        garbage[pad] = torch.randn(int(pad.sum()), 4) * 100
+        assert torch.equal(enc(garbage, target, pad), out)
+        # a real item influences the readout of the OTHER real positions (attention works)
+        other = history.clone()
+        other[0, 3] += 1.0
+        moved = enc(other, target, pad)
+        tok = 2 * 4
+        # row 0's last position (index 5) is the 3rd of first_k_cols=3 -> slice [2*tok, 3*tok)
+        assert not torch.allclose(moved[0, 2 * tok : 3 * tok], out[0, 2 * tok : 3 * tok])
+        assert torch.equal(moved[1], out[1])
+        # the peers' inverted mask WOULD see the garbage: prove the test has teeth
+        inverted = enc(garbage, target, ~pad)
+        assert not torch.allclose(inverted, enc(history, target, ~pad))
+    assert torch.equal(pad, pad_before)
+
+
+def test_length_chunking_is_exact():
+    torch.manual_seed(0)
+    kw = dict(item_dim=4, num_heads=2, num_layers=2, dim_feedforward=8, dropout=0.0, first_k_cols=2)
+    plain = SequenceEncoder(**kw, length_chunks=False).eval()
+    chunked = SequenceEncoder(**kw, length_chunks=True).eval()
+    chunked.load_state_dict(plain.state_dict())
+    b, w = 9, 12
+    lengths = torch.tensor([1, 2, 3, 4, 5, 8, 12, 2, 0])
+    pad = torch.arange(w).expand(b, w) < (w - lengths[:, None])
+    history, target = torch.randn(b, w, 4), torch.randn(b, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            chunked(history, target, pad), plain(history, target, pad), rtol=0, atol=1e-6
+        )
+
+
+def test_empty_history_gives_finite_output():
+    model = _tdcn()
+    batch = _batch()
+    batch["item_seq"] = torch.zeros_like(batch["item_seq"])
+    with torch.no_grad():
+        assert torch.isfinite(model(batch)).all()
+
+
+def test_crossnet_v2_matches_hand_computation():
+    net = CrossNetV2(2, num_layers=1)
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[1.0, 2.0], [0.0, -1.0]]))
+        net.layers[0].bias.copy_(torch.tensor([0.5, 1.0]))
+    x = torch.tensor([[1.0, 3.0]])
+    # W x + b = [1*1 + 2*3 + 0.5, -3 + 1] = [7.5, -2]; x0 * that + x = [7.5 + 1, -6 + 3]
+    torch.testing.assert_close(net(x), torch.tensor([[8.5, -3.0]]))
+
+
+def test_low_rank_crossnet_shapes_and_grad():
+    net = CrossNetV2(12, num_layers=2, low_rank=3, num_experts=2)
+    x = torch.randn(5, 12, requires_grad=True)
+    y = net(x)
+    assert y.shape == (5, 12)
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_masked_mean_ignores_padding():
+    emb = torch.tensor([[[1.0], [100.0], [3.0]]])
+    valid = torch.tensor([[True, False, True]])
+    torch.testing.assert_close(masked_mean(emb, valid), torch.tensor([[2.0]]))
+    assert masked_mean(emb, torch.zeros_like(valid)).item() == 0.0

@@ -12,7 +12,10 @@ The field names are the YAML keys. Defaults follow FuxiCTR where it has one.
 
 from __future__ import annotations
 
+import functools
+import typing
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 FEATURE_TYPES = ("meta", "categorical", "sequence", "embedding", "numeric")
@@ -200,6 +203,17 @@ IGNORED_KEYS = frozenset(
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+@functools.cache
+def field_types(cls: type) -> MappingProxyType[str, Any]:
+    """Field name -> resolved annotation (``int``, ``float | str | None``, ``list[int]``...).
+
+    The loader checks YAML values against these, and the experiment hash uses them to read
+    ``1`` and ``1.0`` of a float field as the same number.
+    """
+    hints = typing.get_type_hints(cls)
+    return MappingProxyType({f.name: hints[f.name] for f in fields(cls)})
 
 
 def as_plain(obj: Any) -> Any:

@@ -40,7 +40,9 @@ def oracle_aucs(data_dir: Path) -> dict[str, float]:
     out = {}
     for split in ("valid", "test"):
         o = oracle[oracle["split"] == split].sort_values("row")
-        labels = pq.read_table(data_dir / f"{split}.parquet", columns=["label"]).column(0).to_numpy()
+        labels = (
+            pq.read_table(data_dir / f"{split}.parquet", columns=["label"]).column(0).to_numpy()
+        )
         out[split] = float(roc_auc_score(labels[o["row"].to_numpy()], o["p_true"].to_numpy()))
     return out
 
@@ -51,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="config/demo")
     p.add_argument("--data", default="data/demo")
     p.add_argument("--seed", type=int, default=2025)
-    p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
-    p.add_argument("--skip-embeddings", action="store_true", help="keep the generator's item_emb_d128")
+    p.add_argument(
+        "--retrain", action="store_true", help="train again even if a finished run exists"
+    )
+    p.add_argument(
+        "--skip-embeddings", action="store_true", help="keep the generator's item_emb_d128"
+    )
     p.add_argument("--gpu", type=int, default=-1)
     args = p.parse_args(argv)
     t_start = time.perf_counter()
@@ -99,9 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                 image_dir=data_dir / "item_images",
                 model=str(clip_dir),
                 out=data_dir / "item_info.parquet",
-                gpus=[args.gpu] if args.gpu >= 0 else [-1],
+                gpu=[args.gpu] if args.gpu >= 0 else [-1],
             )
-            print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict | list)}, default=str))
+            print(
+                json.dumps(
+                    {k: v for k, v in summary.items() if not isinstance(v, dict | list)},
+                    default=str,
+                )
+            )
             outputs["embedding model"] = str(clip_dir)
             outputs["item_info with CLIP embeddings"] = str(data_dir / "item_info.parquet")
 
@@ -127,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     banner("4/4 prediction")
     from mmctr.prediction import predict_submission
 
-    sub = predict_submission(args.config, args.expid, gpu=args.gpu, out_dir=ROOT / "submission" / "demo")
+    sub = predict_submission(
+        args.config, args.expid, gpu=args.gpu, out_dir=ROOT / "submission" / "demo"
+    )
     outputs["submission csv"] = sub["csv"]
     outputs["submission zip"] = sub["zip"]
 
@@ -136,11 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     banner("results")
     v, t = results["valid"], results.get("test", {})
     print(f"{'split':<8}{'model AUC':>12}{'oracle AUC':>12}{'gap':>9}")
-    print(f"{'valid':<8}{v['AUC']:>12.5f}{oracle['valid']:>12.5f}{oracle['valid'] - v['AUC']:>9.4f}")
+    print(
+        f"{'valid':<8}{v['AUC']:>12.5f}{oracle['valid']:>12.5f}{oracle['valid'] - v['AUC']:>9.4f}"
+    )
     if t:
-        print(f"{'test':<8}{t['AUC']:>12.5f}{oracle['test']:>12.5f}{oracle['test'] - t['AUC']:>9.4f}")
+        print(
+            f"{'test':<8}{t['AUC']:>12.5f}{oracle['test']:>12.5f}{oracle['test'] - t['AUC']:>9.4f}"
+        )
     if "cold_AUC" in v:
-        print(f"valid cold-item rows ({v['cold_rows']}): AUC {v['cold_AUC']:.5f}; warm rows: {v['warm_AUC']:.5f}")
+        print(
+            f"valid cold-item rows ({v['cold_rows']}): AUC {v['cold_AUC']:.5f}; warm rows: {v['warm_AUC']:.5f}"
+        )
     print(f"submission test AUC: {sub.get('test_AUC', float('nan')):.5f} ({sub['rows']} rows)")
     print("\noutputs:")
     for k, path in outputs.items():

@@ -1,2 +1,3 @@
 """mmctr: config-driven multimodal CTR prediction."""
+
 __version__ = "0.1.0"

@@ -137,6 +137,9 @@ class ModelBase:
     hidden_activations: str = "relu"
     net_dropout: float = 0.0
     batch_norm: bool = False
+    # width of the learnable projection of frozen ``embedding`` features (item_emb_d128);
+    # None = the feature's embedding_dim, as FuxiCTR does
+    pretrained_proj_dim: int | None = None
 
 
 @dataclass

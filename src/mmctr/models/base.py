@@ -29,7 +29,7 @@ class CTRModel(nn.Module):
     def __init__(self, cfg: ModelBase, dataset: DatasetConfig, items: ItemTable) -> None:
         super().__init__()
         self.cfg = cfg
-        self.item_encoder = ItemEncoder(dataset, items, cfg.embedding_dim)
+        self.item_encoder = ItemEncoder(dataset, items, cfg.embedding_dim, cfg.pretrained_proj_dim)
         self.side_encoder = SideEncoder(dataset, cfg.embedding_dim)
 
     #: histories are never trimmed below this many columns (Transformer_DCN: first_k_cols)

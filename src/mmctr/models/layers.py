@@ -8,6 +8,7 @@ No layer mutates its inputs.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,13 +107,19 @@ class ItemEncoder(nn.Module):
     - ``sequence`` features (item_tags): frozen id -> tags table, embedding, masked mean (E);
     - ``embedding`` features (item_emb_d128): frozen id -> vector table (the multimodal
       embedding cache) and a trainable linear projection to the feature's ``embedding_dim``
-      (FuxiCTR semantics), or E when it has none.
+      (FuxiCTR semantics; ``pretrained_proj_dim`` overrides it), or E when it has none.
     Output: the concatenation, (..., D). Item id 0 is padding: its tables are all zero.
 
     The item tables are registered as buffers, so a checkpoint is self-contained.
     """
 
-    def __init__(self, dataset: DatasetConfig, items: ItemTable, embedding_dim: int) -> None:
+    def __init__(
+        self,
+        dataset: DatasetConfig,
+        items: ItemTable,
+        embedding_dim: int,
+        pretrained_proj_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.specs: list[FeatureSpec] = dataset.item_features
         self.embeddings = nn.ModuleDict()
@@ -124,10 +131,10 @@ class ItemEncoder(nn.Module):
                 self.embeddings[f.name] = nn.Embedding(vocab, embedding_dim, padding_idx=0)
                 self.out_dim += embedding_dim
                 continue
-            table = torch.as_tensor(items.features[f.name])
+            table = torch.from_numpy(np.array(items.features[f.name]))
             if f.type == "embedding":
                 self.register_buffer(f"table_{f.name}", table.float())
-                out = int(f.embedding_dim or embedding_dim)
+                out = int(pretrained_proj_dim or f.embedding_dim or embedding_dim)
                 self.projections[f.name] = nn.Linear(table.shape[1], out, bias=False)
                 self.out_dim += out
             elif f.type in ("categorical", "sequence"):

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Stage 1: encode every item image with CLIP, reduce to 128-d with PCA, write item_emb_d128.
+
+    python generate_embeddings.py --item-info data/MicroLens_1M_x1/item_info.parquet \\
+        --image-dir data/MicroLens_1M_x1/item_images --model openai/clip-vit-base-patch32
+
+--model is a hub name (needs the network, or HF_HUB_OFFLINE=1 with the model in the local
+cache) or a folder written by save_pretrained. Every visible GPU is used (DataParallel splits
+each batch; --gpu 0 1 picks GPUs, --gpu -1 the CPU). Across processes or machines:
+torchrun --nproc_per_node=4 generate_embeddings.py ... (each rank encodes every 4th shard;
+--cache-dir must be shared; rank 0 fits the PCA and writes). Raw features are cached per
+shard, so a rerun only encodes what is missing (--force: everything). Next to the output go
+<stem>.status.csv (ok / missing / corrupt / padding per item) and <stem>.pca.npz (the PCA,
+for projecting new items: mmctr.embedding.load_pca / project).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mmctr.cli.common import UserError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="generate_embeddings.py",
+        description=__doc__.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--item-info", required=True, metavar="PATH", help="item_info.parquet")
+    p.add_argument("--image-dir", required=True, metavar="DIR", help="folder of <item_id>.jpg")
+    p.add_argument(
+        "--model",
+        default="openai/clip-vit-base-patch32",
+        metavar="NAME_OR_DIR",
+        help="CLIP hub name or save_pretrained folder (default: %(default)s)",
+    )
+    p.add_argument("--out", metavar="PATH", help="output parquet (default: --item-info, in place)")
+    p.add_argument(
+        "--column", default="item_emb_d128", help="embedding column to write (default: %(default)s)"
+    )
+    p.add_argument("--dim", type=int, default=128, help="PCA output width (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="images per model call, split across GPUs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="decoding processes (default: min(8, CPUs))"
+    )
+    p.add_argument(
+        "--gpu",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="GPU indices (default: all visible; -1 = CPU)",
+    )
+    p.add_argument(
+        "--amp",
+        choices=("none", "bf16", "fp16"),
+        default=None,
+        help="autocast dtype (default: bf16 on CUDA, none on CPU)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="raw feature shards (default: <out dir>/.emb_cache/<model>-<key>)",
+    )
+    p.add_argument("--force", action="store_true", help="recompute every cached shard")
+    p.add_argument(
+        "--shard-size", type=int, default=4096, help="items per cache shard (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=2025, help="PCA random_state (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mmctr.embedding import EmbeddingError, generate_embeddings
+
+    try:
+        s = generate_embeddings(
+            item_info=args.item_info,
+            image_dir=args.image_dir,
+            model=args.model,
+            out=args.out,
+            column=args.column,
+            dim=args.dim,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            gpu=args.gpu,
+            amp=args.amp,
+            cache_dir=args.cache_dir,
+            force=args.force,
+            shard_size=args.shard_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except EmbeddingError as exc:
+        raise UserError(str(exc)) from exc
+    if s["role"] != "main":
+        return 0
+    counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+    print(
+        f"wrote {s['column']} ({s['dim']}-d, list<float32>; data contract check: "
+        f"{s['contract_check']}) for {s['n_items']} items: {s['out']}"
+    )
+    print(f"status ({counts}): {s['status_file']}")
+    print(
+        f"PCA {s['raw_dim']} -> {s['dim']} keeps {100 * s['explained_variance']:.1f}% "
+        f"of the variance: {s['pca_file']}"
+    )
+    print(
+        f"raw features: {s['cache_dir']} ({len(s['shards_computed'])} shard(s) encoded, "
+        f"{len(s['shards_reused'])} reused; {s['images_per_s']:.1f} images/s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,149 @@
+"""Loader and batching: file order, seeded batches, exact trimming, max_len, named errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mmctr.config.schema import TransformerDCNConfig
+from mmctr.data.batching import BatchLoader
+from mmctr.data.contract import DataContractError
+from mmctr.data.dataset import read_item_table, read_split
+from mmctr.models import build_model
+
+
+@pytest.fixture
+def loaded(tiny_data, tiny_dataset_config):
+    items = read_item_table(tiny_data / "item_info.parquet", tiny_dataset_config)
+    train = read_split(
+        tiny_data / "train.parquet", tiny_dataset_config, n_items=items.n_items, group_col="user_id"
+    )
+    return items, train
+
+
+def test_arrays_match_the_file(tiny_data, loaded):
+    items, train = loaded
+    table = pq.read_table(tiny_data / "train.parquet")
+    seq = np.array(table.column("item_seq").to_pylist())
+    assert train.columns["item_seq"].dtype == np.int32
+    assert np.array_equal(train.columns["item_seq"], seq)
+    assert np.array_equal(train.columns["item_id"], table.column("item_id").to_numpy())
+    assert np.array_equal(train.labels, table.column("label").to_numpy().astype(np.float32))
+    assert np.array_equal(train.seq_len, (seq != 0).sum(1))
+    info = pq.read_table(tiny_data / "item_info.parquet")
+    assert items.n_items == info.num_rows
+    emb = np.array(info.column("item_emb_d128").to_pylist(), dtype=np.float32)
+    assert np.array_equal(items.features["item_emb_d128"], emb)
+    assert items.features["item_emb_d128"].dtype == np.float32
+
+
+def test_evaluation_batches_are_in_file_order(loaded):
+    _, train = loaded
+    # a shuffled training pass first must not leak into evaluation order
+    shuffled = BatchLoader(train, 300, shuffle=True, seed=3)
+    assert not torch.equal(next(iter(shuffled))["index"], torch.arange(300))
+    ordered = BatchLoader(train, 300, shuffle=False)
+    idx = torch.cat([b["index"] for b in ordered])
+    assert torch.equal(idx, torch.arange(train.n_rows))
+    ids = torch.cat([b["item_id"] for b in ordered]).numpy()
+    assert np.array_equal(ids, train.columns["item_id"])
+
+
+def test_same_seed_same_batches_and_epochs_differ(loaded):
+    _, train = loaded
+
+    def first_epoch_indices(seed, epoch=0):
+        ld = BatchLoader(train, 256, shuffle=True, seed=seed)
+        ld.set_epoch(epoch)
+        return torch.cat([b["index"] for b in ld])
+
+    a, b = first_epoch_indices(11), first_epoch_indices(11)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, first_epoch_indices(12))
+    assert not torch.equal(a, first_epoch_indices(11, epoch=1))
+    assert torch.equal(torch.sort(a).values, torch.arange(train.n_rows))  # every row once
+
+
+def test_ranks_split_every_epoch_exactly(loaded):
+    _, train = loaded
+    parts = []
+    for rank in range(2):
+        ld = BatchLoader(train, 128, shuffle=True, seed=5, rank=rank, world_size=2)
+        parts.append(torch.cat([b["index"] for b in ld]))
+    assert len(parts[0]) + len(parts[1]) == train.n_rows
+    assert torch.equal(torch.sort(torch.cat(parts)).values, torch.arange(train.n_rows))
+
+
+def test_bucketing_keeps_every_row_once(loaded):
+    _, train = loaded
+    ld = BatchLoader(train, 64, shuffle=True, seed=1, bucket_by_length=True)
+    idx = torch.cat([b["index"] for b in ld])
+    assert torch.equal(torch.sort(idx).values, torch.arange(train.n_rows))
+
+
+def test_trimming_is_bit_identical_in_eval_mode(tiny_dataset_config, loaded):
+    items, train = loaded
+    torch.manual_seed(0)
+    cfg = TransformerDCNConfig(
+        embedding_dim=8,
+        num_heads=2,
+        transformer_layers=1,
+        dim_feedforward=16,
+        first_k_cols=3,
+        dcn_cross_layers=1,
+        dcn_hidden_units=[16],
+        mlp_hidden_units=[8],
+    )
+    model = build_model(cfg, tiny_dataset_config, items).eval()
+    trimmed = BatchLoader(train, 200, min_seq_len=3, trim_padding=True)
+    full = BatchLoader(train, 200, min_seq_len=3, trim_padding=False)
+    saw_trim = False
+    with torch.no_grad():
+        for bt, bf in zip(trimmed, full):
+            saw_trim |= bt["item_seq"].shape[1] < bf["item_seq"].shape[1]
+            assert bt["item_seq"].shape[1] >= 3
+            assert torch.equal(model(bt), model(bf))
+    assert saw_trim
+
+
+def test_max_len_keeps_the_most_recent_items(tiny_data, tiny_dataset_config, loaded):
+    items, train = loaded
+    short = read_split(
+        tiny_data / "train.parquet", tiny_dataset_config, n_items=items.n_items, max_len=5
+    )
+    assert short.columns["item_seq"].shape[1] == 5
+    assert np.array_equal(short.columns["item_seq"], train.columns["item_seq"][:, -5:])
+    assert np.array_equal(short.seq_len, np.minimum(train.seq_len, 5))
+
+
+def _rewrite(path, column, fn):
+    table = pq.read_table(path)
+    i = table.column_names.index(column)
+    table = table.set_column(i, column, fn(table.column(column)))
+    pq.write_table(table, path)
+
+
+def test_malformed_files_fail_with_named_messages(tiny_data_copy, tiny_dataset_config):
+    from mmctr.data.contract import microlens_dataset_config
+
+    ds = microlens_dataset_config(tiny_data_copy, dataset_id="tiny")
+    items = read_item_table(tiny_data_copy / "item_info.parquet", ds)
+    train = tiny_data_copy / "train.parquet"
+    # item id out of range
+    _rewrite(train, "item_id", lambda c: pa.array(np.full(len(c), 10_000, dtype=np.int64)))
+    with pytest.raises(DataContractError) as e:
+        read_split(train, ds, n_items=items.n_items)
+    assert "train.parquet" in str(e.value) and "item_id" in str(e.value)
+    # missing column
+    table = pq.read_table(tiny_data_copy / "valid.parquet").drop(["likes_level"])
+    pq.write_table(table, tiny_data_copy / "valid.parquet")
+    with pytest.raises(DataContractError) as e:
+        read_split(tiny_data_copy / "valid.parquet", ds, n_items=items.n_items)
+    assert "valid.parquet" in str(e.value) and "likes_level" in str(e.value)
+    # missing file
+    with pytest.raises(DataContractError) as e:
+        read_split(tiny_data_copy / "nope.parquet", ds, n_items=items.n_items)
+    assert "nope.parquet" in str(e.value)

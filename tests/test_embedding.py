@@ -1,0 +1,456 @@
+"""Stage 1 (generate_embeddings): a tiny random CLIP saved to disk and loaded through the real
+from_pretrained path, ~40 small images made here, no network."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from mmctr.embedding import (
+    EmbeddingError,
+    ImageFeatureExtractor,
+    build_random_clip,
+    describe_model,
+    fit_pca,
+    generate_embeddings,
+    load_image_model,
+    load_pca,
+    make_parallel,
+    output_paths,
+    project,
+    save_pca,
+)
+from mmctr.embedding import pipeline as pipeline_mod
+from mmctr.embedding.images import (
+    CORRUPT,
+    MISSING,
+    OK,
+    PADDING,
+    ItemImageDataset,
+    collate_items,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ITEMS = 40
+MISSING_IDS = {5, 6}
+CORRUPT_IDS = {7, 8}  # 7: truncated JPEG, 8: a text file named 8.jpg
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_random_clip(tmp_path_factory.mktemp("tiny_clip"), arch="tiny", seed=0)
+
+
+def _truncated_jpeg(path: Path, rng: np.random.Generator) -> None:
+    arr = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 5])  # header intact, scan data cut off
+
+
+def make_items(root: Path, n: int = N_ITEMS) -> tuple[Path, Path]:
+    """item_info.parquet (item_id, item_tags, likes, a placeholder item_emb_d128 in the middle)
+    and an image folder: RGB/grey JPEGs and PNGs of 32-64 px, two missing, two corrupt, and a
+    0.jpg that must be ignored (row 0 is padding)."""
+    rng = np.random.default_rng(7)
+    images = root / "images"
+    images.mkdir(parents=True)
+    for i in range(n):
+        if i in MISSING_IDS or i in CORRUPT_IDS:
+            continue
+        h, w = (int(x) for x in rng.integers(32, 65, size=2))
+        if i % 7 == 3:  # greyscale
+            Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(images / f"{i}.jpg")
+        elif i % 5 == 4:  # RGBA PNG
+            arr = rng.integers(0, 255, (h, w, 4), dtype=np.uint8)
+            Image.fromarray(arr).save(images / f"{i}.png")
+        else:
+            arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(images / f"{i}.jpg", quality=90)
+    _truncated_jpeg(images / "7.jpg", rng)
+    (images / "8.jpg").write_text("this is not an image\n")
+    (images / "notes.txt").write_text("ignored")
+    tags = [[0, 0, 0, 0, 0]] + [[0, 0, i % 3, i % 5 + 1, i % 7 + 1] for i in range(1, n)]
+    table = pa.table(
+        {
+            "item_id": pa.array(np.arange(n), pa.int64()),
+            "item_emb_d128": pa.array([[0.5, 0.5]] * n, pa.list_(pa.float32())),
+            "item_tags": pa.array(tags, pa.list_(pa.int64())),
+            "likes": pa.array(rng.random(n), pa.float64()),
+        }
+    )
+    info = root / "item_info.parquet"
+    pq.write_table(table, info)
+    return info, images
+
+
+def _cached_raw(cache_dir: Path, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
+    feats, status = [], []
+    for k in range(n_shards):
+        with np.load(cache_dir / f"shard_{k:05d}.npz") as z:
+            feats.append(z["features"])
+            status.append(z["status"])
+    return np.concatenate(feats), np.concatenate(status)
+
+
+def _vectors(path: Path, column: str = "item_emb_d128") -> np.ndarray:
+    return np.array(pq.read_table(path).column(column).to_pylist(), dtype=np.float32)
+
+
+@pytest.mark.timeout(60)
+def test_end_to_end_outputs(tiny_clip: Path, tmp_path: Path) -> None:
+    info, images = make_items(tmp_path)
+    before = pq.read_table(info)
+    out = tmp_path / "out" / "item_info.parquet"
+    s = generate_embeddings(
+        info,
+        images,
+        model=str(tiny_clip),
+        out=out,
+        dim=DIM,
+        batch_size=8,
+        num_workers=2,
+        shard_size=16,
+        seed=2025,
+        progress=False,
+    )
+    assert s["counts"] == {"ok": 35, "missing": 2, "corrupt": 2, "padding": 1}
+    assert s["shards_computed"] == [0, 1, 2] and s["images_encoded"] == 35
+    assert s["raw_dim"] == 256 and s["dim"] == DIM
+
+    after = pq.read_table(out)
+    # every other column and row unchanged, the column replaced in place
+    assert after.column_names == before.column_names
+    assert after.drop_columns(["item_emb_d128"]).equals(before.drop_columns(["item_emb_d128"]))
+    assert after.schema.field("item_emb_d128").type == pa.list_(pa.float32())
+    vec = _vectors(out)
+    assert vec.shape == (N_ITEMS, DIM)
+    zero_rows = {0} | MISSING_IDS | CORRUPT_IDS
+    for i in range(N_ITEMS):
+        assert (np.abs(vec[i]).sum() == 0) == (i in zero_rows), i
+    assert pq.read_table(info).equals(before)  # the input is untouched when --out differs
+
+    # status table
+    status_path, pca_path = output_paths(out)
+    import pandas as pd
+
+    st = pd.read_csv(status_path, keep_default_na=False)
+    assert st["item_id"].tolist() == list(range(N_ITEMS))
+    got = dict(zip(st["item_id"], st["status"]))
+    assert got[0] == "padding"
+    assert {got[i] for i in MISSING_IDS} == {"missing"}
+    assert {got[i] for i in CORRUPT_IDS} == {"corrupt"}
+    assert sum(v == "ok" for v in got.values()) == 35
+    errors = dict(zip(st["item_id"], st["error"]))
+    assert errors[7] and errors[8] and not errors[1]
+
+    # the saved PCA reproduces the written vectors from the cached raw features
+    pca = load_pca(pca_path)
+    assert (pca.dim, pca.raw_dim, pca.model, pca.seed) == (DIM, 256, str(tiny_clip), 2025)
+    assert 0 < pca.explained_variance <= 1
+    raw, cached_status = _cached_raw(Path(s["cache_dir"]), 3)
+    ok = cached_status == OK
+    assert ok.sum() == 35 and np.abs(raw[~ok]).sum() == 0
+    np.testing.assert_array_equal(project(raw[ok], pca), vec[ok])
+
+
+@pytest.mark.timeout(60)
+def test_resume_recomputes_only_missing_or_changed_shards(tiny_clip: Path, tmp_path: Path):
+    info, images = make_items(tmp_path)
+    kw = dict(model=str(tiny_clip), dim=DIM, batch_size=8, num_workers=0, shard_size=16)
+    kw["progress"] = False
+    s1 = generate_embeddings(info, images, **kw)  # in place: --out defaults to --item-info
+    cache = Path(s1["cache_dir"])
+    assert cache.parent == tmp_path / ".emb_cache"
+    v1 = _vectors(info)
+    mtimes = {k: (cache / f"shard_{k:05d}.npz").stat().st_mtime_ns for k in range(3)}
+
+    (cache / "shard_00001.npz").unlink()
+    s2 = generate_embeddings(info, images, **kw)
+    assert s2["shards_computed"] == [1] and s2["shards_reused"] == [0, 2]
+    assert s2["images_encoded"] == 16  # items 16..31, all ok
+    for k in (0, 2):
+        assert (cache / f"shard_{k:05d}.npz").stat().st_mtime_ns == mtimes[k]
+    np.testing.assert_allclose(_vectors(info), v1, atol=1e-5)
+
+    # an image that changes (size / mtime) re-encodes its shard only
+    arr = np.full((40, 40, 3), 200, dtype=np.uint8)
+    Image.fromarray(arr).save(images / "33.jpg")
+    s3 = generate_embeddings(info, images, **kw)
+    assert s3["shards_computed"] == [2] and s3["shards_reused"] == [0, 1]
+
+    # a fixed image (was corrupt) is picked up the same way
+    Image.fromarray(arr).save(images / "8.jpg")
+    s4 = generate_embeddings(info, images, **kw)
+    assert s4["shards_computed"] == [0] and s4["counts"]["corrupt"] == 1
+
+    s5 = generate_embeddings(info, images, force=True, **kw)
+    assert s5["shards_computed"] == [0, 1, 2] and s5["images_encoded"] == 36
+
+
+@pytest.mark.timeout(60)
+def test_dataparallel_wrapper_is_what_runs(tiny_clip, tmp_path, monkeypatch):
+    spec = describe_model(str(tiny_clip))
+    model = load_image_model(spec)
+    extractor = ImageFeatureExtractor(model)
+    runner = make_parallel(extractor, [torch.device("cpu")])
+    if not torch.cuda.is_available():
+        assert isinstance(runner, torch.nn.DataParallel) and runner.module is extractor
+    pixels = torch.randn(3, 3, 64, 64)
+    out = runner(pixels)
+    assert out.shape == (3, 256) and out.dtype == torch.float32
+    # the wrapper returns the projected embedding: pooler_output of get_image_features
+    from transformers import CLIPModel
+
+    full = CLIPModel.from_pretrained(str(tiny_clip)).eval()
+    with torch.inference_mode():
+        ref = full.get_image_features(pixel_values=pixels)
+    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+    # in the pipeline every model call goes through DataParallel -> the wrapper's forward
+    calls = {"dp": 0, "wrapper": []}
+    dp_forward = torch.nn.DataParallel.forward
+    wrapper_forward = ImageFeatureExtractor.forward
+
+    def spy_dp(self, *a, **k):
+        calls["dp"] += 1
+        return dp_forward(self, *a, **k)
+
+    def spy_wrapper(self, pixel_values):
+        calls["wrapper"].append(type(self))
+        return wrapper_forward(self, pixel_values)
+
+    monkeypatch.setattr(torch.nn.DataParallel, "forward", spy_dp)
+    monkeypatch.setattr(ImageFeatureExtractor, "forward", spy_wrapper)
+    info, images = make_items(tmp_path)
+    s = generate_embeddings(
+        info,
+        images,
+        model=str(tiny_clip),
+        out=tmp_path / "o.parquet",
+        dim=DIM,
+        batch_size=10,
+        num_workers=0,
+        progress=False,
+    )
+    assert s["images_encoded"] == 35
+    assert len(calls["wrapper"]) == 4  # 4 batches of 10, each with ok images
+    assert set(calls["wrapper"]) == {ImageFeatureExtractor}
+    if not torch.cuda.is_available():
+        assert calls["dp"] == 4
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_files_are_flagged_without_hanging(tiny_clip, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    _truncated_jpeg(tmp_path / "1.jpg", rng)
+    (tmp_path / "2.jpg").write_text("<html>not an image</html>")
+    (tmp_path / "3.jpg").write_bytes(b"")
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "4.jpg")
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(5)]
+    paths[0] = str(tmp_path / "4.jpg")  # item 0 is padding whatever its file
+    paths.append(None)
+    processor = describe_model(str(tiny_clip)).processor
+    # another library may have switched truncated loading on; we must not inherit it
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    ds = ItemImageDataset([0, 1, 2, 3, 4, 5], paths, processor)
+    samples = [ds[i] for i in range(len(ds))]
+    assert [s[2] for s in samples] == [PADDING, CORRUPT, CORRUPT, CORRUPT, OK, MISSING]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
+    assert "truncated" in samples[1][3].lower() or "OSError" in samples[1][3]
+
+    batch = collate_items(samples)
+    assert batch.item_ids.tolist() == [0, 1, 2, 3, 4, 5]
+    assert batch.pixel_values.shape == (1, 3, 64, 64)  # only the ok row
+    ref = processor(images=Image.open(tmp_path / "4.jpg").convert("RGB"), return_tensors="np")
+    np.testing.assert_allclose(batch.pixel_values[0].numpy(), ref["pixel_values"][0], atol=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_model_errors_are_clear(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # no network here: offline mode makes the hub fail at once instead of retrying
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(EmbeddingError, match=r"not a local folder.*--model clip_dir"):
+        describe_model("mmctr-tests/no-such-clip")
+    with pytest.raises(EmbeddingError, match="no such folder"):
+        describe_model(str(tmp_path / "missing" / "clip"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbeddingError, match="config.json"):
+        describe_model(str(tmp_path / "empty"))
+
+
+def test_pca_checks_and_roundtrip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(EmbeddingError, match=r"--dim 8 .* only 5 items"):
+        fit_pca(rng.normal(size=(5, 32)), 8, 0)
+    with pytest.raises(EmbeddingError, match="feature width 32"):
+        fit_pca(rng.normal(size=(100, 32)), 64, 0)
+    raw = rng.normal(size=(50, 32)).astype(np.float32)
+    a, b = fit_pca(raw, 8, 1, model="m"), fit_pca(raw, 8, 1, model="m")
+    np.testing.assert_array_equal(a.components, b.components)  # deterministic
+    save_pca(a, tmp_path / "p.npz")
+    c = load_pca(tmp_path / "p.npz")
+    np.testing.assert_array_equal(project(raw, a), project(raw, c))
+    assert c.model == "m" and c.n_fit == 50 and c.raw_dim == 32
+    from sklearn.decomposition import PCA
+
+    ref = PCA(8, svd_solver="full").fit(raw.astype(np.float64)).transform(raw)
+    np.testing.assert_allclose(project(raw, c), ref, atol=1e-4)
+
+
+def test_cache_key_depends_on_model_and_settings(tiny_clip: Path, tmp_path: Path) -> None:
+    other = build_random_clip(tmp_path / "other", arch="tiny", seed=1)
+    a, b = describe_model(str(tiny_clip)), describe_model(str(other))
+    assert a.fingerprint != b.fingerprint  # other weights
+    assert a.fingerprint == describe_model(str(tiny_clip)).fingerprint
+    proc = describe_model(str(other)).processor
+    proc.size = {"shortest_edge": 48}
+    proc.save_pretrained(other)
+    assert describe_model(str(other)).fingerprint != b.fingerprint  # other image size
+    assert pipeline_mod._cache_key(a, None) != pipeline_mod._cache_key(a, torch.bfloat16)
+
+
+def test_contract_check_on_output(tmp_path: Path) -> None:
+    pytest.importorskip("mmctr.data.contract")
+    from mmctr.data.contract import DataContractError
+
+    emb = np.ones((3, 128), dtype=np.float32)
+    emb[0] = 0
+    table = pa.table(
+        {
+            "item_id": pa.array([0, 1, 2], pa.int64()),
+            "item_tags": pa.array(
+                [[0] * 5, [0, 0, 0, 1, 2], [0, 0, 0, 0, 3]], pa.list_(pa.int64())
+            ),
+            "item_emb_d128": pa.array(list(emb), pa.list_(pa.float32())),
+        }
+    )
+    log = pipeline_mod.get_logger("mmctr.embedding")
+    path = tmp_path / "item_info.parquet"
+    assert pipeline_mod._check_contract(table, path, "item_emb_d128", 128, log) == "passed"
+    assert pipeline_mod._check_contract(table, path, "item_emb_d128", 64, log) == "skipped"
+    emb[0] = 1
+    bad = table.set_column(2, "item_emb_d128", pa.array(list(emb), pa.list_(pa.float32())))
+    with pytest.raises(DataContractError):
+        pipeline_mod._check_contract(bad, path, "item_emb_d128", 128, log)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "generate_embeddings_cli", ROOT / "generate_embeddings.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.timeout(60)
+def test_cli(tiny_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mmctr.cli.common import run_cli
+
+    cli = _load_script()
+    info, images = make_items(tmp_path, n=140)  # >= 128 ok images: the default --dim 128
+    base = ["--item-info", str(info), "--image-dir", str(images), "--model", str(tiny_clip)]
+    assert cli.main([*base, "--num-workers", "2", "--batch-size", "64", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert str(info) in printed and "item_info.status.csv" in printed
+    assert "item_info.pca.npz" in printed and "ok 135" in printed
+    assert "data contract check: passed" in printed
+    assert _vectors(info).shape == (140, 128)
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: cli.main([*base, "--dim", "512", "--gpu", "-1"]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --dim 512 is larger than the model's feature width 256" in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, kwargs: dict, queue) -> None:
+    # what torchrun sets for each worker; the pipeline takes it from there (gloo on the CPU)
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    try:
+        queue.put((rank, generate_embeddings(**kwargs)))
+    except BaseException as exc:
+        queue.put((rank, repr(exc)))
+        raise
+
+
+@pytest.mark.timeout(90)
+def test_torchrun_ranks_share_the_work_and_match_one_process(tiny_clip, tmp_path):
+    """Two ranks as torchrun starts them (RANK / WORLD_SIZE / LOCAL_RANK), forked so that
+    they skip the imports: rank 1 encodes shard 1, rank 0 shards 0 and 2 and writes."""
+    import multiprocessing as mp
+
+    info, images = make_items(tmp_path)
+    kw = dict(model=str(tiny_clip), dim=DIM, shard_size=16, num_workers=0, progress=False)
+    single = generate_embeddings(info, images, out=tmp_path / "single.parquet", **kw)
+
+    out = tmp_path / "dist" / "item_info.parquet"
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    port = _free_port()
+    kw.update(item_info=info, image_dir=images, out=out, gpu=-1)
+    procs = [ctx.Process(target=_rank_main, args=(r, port, kw, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=80) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert [p.exitcode for p in procs] == [0, 0], results
+    assert results[1]["role"] == "worker" and results[1]["out"] is None
+    assert results[1]["shards_computed"] == [1]
+    assert results[0]["role"] == "main" and results[0]["shards_computed"] == [0, 2]
+    assert results[0]["counts"] == single["counts"]
+    np.testing.assert_allclose(_vectors(out), _vectors(tmp_path / "single.parquet"), atol=1e-5)
+
+
+@pytest.mark.timeout(60)
+def test_on_the_demo_data(tiny_clip: Path, tiny_data_copy: Path) -> None:
+    """The demo generator's dataset: statuses match its manifest of bad images, the default
+    128-d output passes the data contract, and the other columns are untouched."""
+    import pandas as pd
+
+    info = tiny_data_copy / "item_info.parquet"
+    before = pq.read_table(info)
+    s = generate_embeddings(
+        info, tiny_data_copy / "item_images", model=str(tiny_clip), num_workers=2, progress=False
+    )
+    assert s["contract_check"] == "passed" and s["dim"] == 128
+    after = pq.read_table(info)
+    assert after.drop_columns(["item_emb_d128"]).equals(before.drop_columns(["item_emb_d128"]))
+    manifest = pd.read_csv(tiny_data_copy / "item_images_manifest.csv")
+    expected = {"missing": "missing", "truncated": "corrupt", "not_image": "corrupt"}
+    st = pd.read_csv(output_paths(info)[0], keep_default_na=False).set_index("item_id")
+    for item_id, kind in zip(manifest["item_id"], manifest["status"]):
+        assert st.loc[item_id, "status"] == expected[kind], (item_id, kind)
+    n_missing = int((manifest["status"] == "missing").sum())
+    n_corrupt = len(manifest) - n_missing
+    n_ok = before.num_rows - 1 - len(manifest)
+    assert s["counts"] == {"ok": n_ok, "missing": n_missing, "corrupt": n_corrupt, "padding": 1}

@@ -1,0 +1,138 @@
+"""The trainer on the tiny preset: outputs, resume equality, NaN guard, accumulation, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from mmctr.config import load_config
+from mmctr.training import checkpoint as ckpt_io
+from mmctr.training import trainer as trainer_mod
+from mmctr.training.trainer import TrainingDiverged, _window_sizes, train
+
+from .helpers import write_experiment
+
+
+def _train(tmp_path, tiny_data, overrides=(), **params):
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data, **params)
+    cfg = load_config(cfg_dir, expid, overrides=list(overrides))
+    return cfg, train(cfg, gpu=-1, progress=False)
+
+
+def test_run_folder_outputs_exist_and_parse(tmp_path, tiny_data):
+    cfg, results = _train(tmp_path, tiny_data)
+    run = tmp_path / "ckpt" / "tiny" / "tiny_exp"
+    assert results["run_dir"] == str(run)
+    model, cfg2, ckpt = ckpt_io.load_model(run / "model.pt")
+    assert cfg2.expid == "tiny_exp" and ckpt["valid"]["AUC"] == pytest.approx(
+        results["valid"]["AUC"]
+    )
+    last = ckpt_io.load_checkpoint(run / "last.pt")
+    assert last["trainer_state"]["epoch"] == 2 and "optimizer_state" in last and "rng" in last
+    assert yaml.safe_load((run / "config.yaml").read_text())["expid"] == "tiny_exp"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["valid"]) >= {"AUC", "logloss", "gAUC"}
+    assert 0.5 < metrics["valid"]["AUC"] <= 1.0
+    assert len(metrics["history"]) == 2 and "test" in metrics
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log1 = (run / "train.log").read_text()
+    assert "tiny_exp" in log1 and "best valid" in log1
+    # a rerun appends to the log, never truncates it
+    train(cfg, gpu=-1, progress=False)
+    log2 = (run / "train.log").read_text()
+    assert log2.startswith(log1) and log2.count("expid tiny_exp") == 2
+    assert not list(run.glob("*.tmp"))
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, tiny_data):
+    _, a = _train(tmp_path / "a", tiny_data, epochs=1)
+    _, b = _train(tmp_path / "b", tiny_data, epochs=1)
+    assert a["valid"] == b["valid"]
+
+
+def test_killed_after_an_epoch_and_resumed_matches_uninterrupted(tmp_path, tiny_data, monkeypatch):
+    _, full = _train(tmp_path / "full", tiny_data, epochs=3)
+
+    cfg_dir, expid = write_experiment(tmp_path / "killed", tiny_data, epochs=3)
+    cfg = load_config(cfg_dir, expid)
+    real_save_last = ckpt_io.save_last
+
+    def save_then_die(*args, **kwargs):
+        real_save_last(*args, **kwargs)
+        raise KeyboardInterrupt("simulated kill after the first epoch")
+
+    monkeypatch.setattr(ckpt_io, "save_last", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, gpu=-1, progress=False)
+    monkeypatch.setattr(ckpt_io, "save_last", real_save_last)
+    resumed = train(cfg, gpu=-1, resume=True, progress=False)
+    assert resumed["valid"] == full["valid"]
+    assert [h["AUC"] for h in resumed["history"]] == [h["AUC"] for h in full["history"]]
+    assert resumed["test"] == full["test"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_data):
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data)
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        train(load_config(cfg_dir, expid), gpu=-1, resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(tmp_path, tiny_data, monkeypatch):
+    real_build = trainer_mod.build_model
+    calls = {"n": 0}
+
+    def build_poisoned(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        forward = model.forward
+
+        def poisoned(batch):
+            out = forward(batch)
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == 10:  # second epoch (8 batches per epoch)
+                    return out * float("nan")
+            return out
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(trainer_mod, "build_model", build_poisoned)
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=3)
+    with pytest.raises(TrainingDiverged, match="loss became nan") as err:
+        train(load_config(cfg_dir, expid), gpu=-1, progress=False)
+    assert "last good checkpoints are kept" in str(err.value)
+    run = tmp_path / "ckpt" / "tiny" / "tiny_exp"
+    assert ckpt_io.load_checkpoint(run / "last.pt")["trainer_state"]["epoch"] == 1
+    assert (run / "model.pt").is_file()
+
+
+def test_accumulation_windows_include_the_final_partial_one():
+    assert _window_sizes(2000, 256, 3) == [768, 768, 464]
+    assert sum(_window_sizes(2000, 256, 3)) == 2000
+    assert _window_sizes(1000, 100, 1) == [100] * 10
+
+
+def test_accumulation_steps_on_the_last_partial_window(tmp_path, tiny_data):
+    # 2000 rows / 256 = 8 batches; accumulation 3 -> windows 3 + 3 + 2 = 3 steps per epoch
+    _, results = _train(tmp_path, tiny_data, epochs=2, accumulation_steps=3)
+    assert [h["step"] for h in results["history"]] == [3, 6]
+
+
+def test_eval_steps_and_early_stopping(tmp_path, tiny_data):
+    _, results = _train(
+        tmp_path, tiny_data, epochs=3, eval_steps=4, early_stop_patience=1, learning_rate=0.5
+    )
+    steps = [h["step"] for h in results["history"]]
+    assert steps[:2] == [4, 8]
+    assert len(steps) < 6  # stopped early: lr 0.5 cannot keep improving
+
+
+def test_missing_gpu_is_an_error_not_a_fallback(tmp_path, tiny_data):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        train(load_config(cfg_dir, expid), gpu=0, progress=False)

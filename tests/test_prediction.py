@@ -1,0 +1,110 @@
+"""prediction.py: exact row order, a valid zip, named errors, the trainer's test AUC."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mmctr.config import load_config
+from mmctr.data.batching import BatchLoader
+from mmctr.data.contract import DataContractError
+from mmctr.data.dataset import read_split
+from mmctr.prediction import predict_submission
+from mmctr.prediction.submission import SubmissionError, write_submission
+from mmctr.training import checkpoint as ckpt_io
+from mmctr.training.trainer import train
+
+from .helpers import write_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    tmp = tmp_path_factory.mktemp("pred")
+    cfg_dir, expid = write_experiment(tmp, tiny_data, epochs=1, shuffle=True)
+    results = train(load_config(cfg_dir, expid), gpu=-1, progress=False)
+    return tmp, cfg_dir, expid, results
+
+
+def test_predictions_equal_model_outputs_in_file_order(trained, tiny_data):
+    tmp, cfg_dir, expid, _ = trained
+    out = tmp / "sub"
+    summary = predict_submission(cfg_dir, expid, out_dir=out, progress=False)
+    df = pd.read_csv(out / "prediction.csv")
+    assert list(df.columns) == ["ID", "Task2"]
+    assert np.array_equal(df["ID"].to_numpy(), np.arange(500))
+    # the reference: the checkpoint's model applied to the test rows one small slice at a time
+    model, cfg, ckpt = ckpt_io.load_model(Path(summary["checkpoint"]))
+    split = read_split(tiny_data / "test.parquet", cfg.dataset, n_items=300, max_len=cfg.trainer.max_len,
+                       require_label=False)
+    loader = BatchLoader(split, 7, min_seq_len=cfg.model.first_k_cols)
+    with torch.no_grad():
+        ref = torch.cat([torch.sigmoid(model(b)) for b in loader]).numpy()
+    np.testing.assert_allclose(df["Task2"].to_numpy(), ref, atol=1e-6)
+    assert summary["rows"] == 500
+
+
+def test_zip_holds_one_csv_with_the_right_header(trained):
+    tmp, cfg_dir, expid, _ = trained
+    out = tmp / "zip"
+    predict_submission(cfg_dir, expid, out_dir=out, column="Task1&2", progress=False)
+    with zipfile.ZipFile(out / f"{expid}.zip") as zf:
+        assert zf.namelist() == ["prediction.csv"]
+        first = zf.read("prediction.csv").decode().splitlines()[0]
+    assert first == "ID,Task1&2"
+
+
+def test_test_auc_matches_the_trainer(trained):
+    tmp, cfg_dir, expid, results = trained
+    s = predict_submission(cfg_dir, expid, out_dir=tmp / "auc", progress=False)
+    assert s["test_AUC"] == pytest.approx(results["test"]["AUC"], abs=1e-6)
+
+
+def test_bad_test_files_fail_with_named_messages(trained, tiny_data):
+    tmp, cfg_dir, expid, _ = trained
+    table = pq.read_table(tiny_data / "test.parquet")
+    missing = tmp / "missing_col.parquet"
+    pq.write_table(table.drop(["views_level"]), missing)
+    with pytest.raises(DataContractError, match="views_level"):
+        predict_submission(cfg_dir, expid, out_dir=tmp / "bad", test_data=missing, progress=False)
+    out_of_range = tmp / "bad_item.parquet"
+    ids = table.column("item_id").to_numpy().copy()
+    ids[3] = 99_999
+    pq.write_table(table.set_column(table.column_names.index("item_id"), "item_id", pa.array(ids)), out_of_range)
+    with pytest.raises(DataContractError, match="item_id"):
+        predict_submission(cfg_dir, expid, out_dir=tmp / "bad", test_data=out_of_range, progress=False)
+    assert not (tmp / "bad" / "prediction.csv").exists()
+
+
+def test_missing_run_folder_is_a_clear_error(tmp_path, tiny_data):
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data)
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        predict_submission(cfg_dir, expid, out_dir=tmp_path / "sub", progress=False)
+
+
+def test_write_submission_validates_before_writing(tmp_path):
+    with pytest.raises(SubmissionError, match=r"not finite values in \[0, 1\]"):
+        write_submission(np.array([0.1, np.nan, 0.3]), tmp_path, "x")
+    with pytest.raises(SubmissionError, match="column"):
+        write_submission(np.array([0.1]), tmp_path, "x", column="Task3")
+    assert not list(tmp_path.iterdir())
+
+
+def test_prediction_cli_error_is_one_paragraph(tmp_path, tiny_data):
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "prediction.py"), "--config", str(cfg_dir), "--expid", expid],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "train it first" in proc.stderr

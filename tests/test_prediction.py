@@ -45,8 +45,13 @@ def test_predictions_equal_model_outputs_in_file_order(trained, tiny_data):
     assert np.array_equal(df["ID"].to_numpy(), np.arange(500))
     # the reference: the checkpoint's model applied to the test rows one small slice at a time
     model, cfg, ckpt = ckpt_io.load_model(Path(summary["checkpoint"]))
-    split = read_split(tiny_data / "test.parquet", cfg.dataset, n_items=300, max_len=cfg.trainer.max_len,
-                       require_label=False)
+    split = read_split(
+        tiny_data / "test.parquet",
+        cfg.dataset,
+        n_items=300,
+        max_len=cfg.trainer.max_len,
+        require_label=False,
+    )
     loader = BatchLoader(split, 7, min_seq_len=cfg.model.first_k_cols)
     with torch.no_grad():
         ref = torch.cat([torch.sigmoid(model(b)) for b in loader]).numpy()
@@ -80,9 +85,14 @@ def test_bad_test_files_fail_with_named_messages(trained, tiny_data):
     out_of_range = tmp / "bad_item.parquet"
     ids = table.column("item_id").to_numpy().copy()
     ids[3] = 99_999
-    pq.write_table(table.set_column(table.column_names.index("item_id"), "item_id", pa.array(ids)), out_of_range)
+    pq.write_table(
+        table.set_column(table.column_names.index("item_id"), "item_id", pa.array(ids)),
+        out_of_range,
+    )
     with pytest.raises(DataContractError, match="item_id"):
-        predict_submission(cfg_dir, expid, out_dir=tmp / "bad", test_data=out_of_range, progress=False)
+        predict_submission(
+            cfg_dir, expid, out_dir=tmp / "bad", test_data=out_of_range, progress=False
+        )
     assert not (tmp / "bad" / "prediction.csv").exists()
 
 
@@ -104,7 +114,22 @@ def test_prediction_cli_error_is_one_paragraph(tmp_path, tiny_data):
     cfg_dir, expid = write_experiment(tmp_path, tiny_data)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "prediction.py"), "--config", str(cfg_dir), "--expid", expid],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "train it first" in proc.stderr
+
+
+def test_placeholder_test_labels_are_not_an_error(trained, tiny_data):
+    tmp, cfg_dir, expid, _ = trained
+    table = pq.read_table(tiny_data / "test.parquet")
+    hidden = tmp / "hidden_labels.parquet"
+    i = table.column_names.index("label")
+    pq.write_table(
+        table.set_column(i, "label", pa.array(np.full(table.num_rows, -1, dtype=np.int64))), hidden
+    )
+    s = predict_submission(cfg_dir, expid, out_dir=tmp / "hidden", test_data=hidden, progress=False)
+    assert s["rows"] == 500 and "test_AUC" not in s

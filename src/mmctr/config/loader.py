@@ -305,6 +305,32 @@ def list_expids(config_dir: str | os.PathLike) -> list[str]:
     return [name for name in blocks if name != "Base"]
 
 
+def read_expid_blocks(
+    config_dir: str | os.PathLike, expid: str, what: str = "expid"
+) -> list[tuple[str, dict[str, Any]]]:
+    """``[(source, block)]``: the Base block (if any) then the expid's block, in FuxiCTR's
+    merge order; ``source`` is ``"<file>:<block>"``. Raises ConfigError for an unknown id."""
+    model_files = _config_files(Path(config_dir), "model_config")
+    blocks = _read_blocks(model_files)
+    if expid not in blocks or expid == "Base":
+        raise _unknown_name(what, expid, [b for b in blocks if b != "Base"], model_files)
+    exp_path, exp_block = _single(blocks[expid], "expid", expid)
+    base_path, base_block = _pick_base(blocks.get("Base", []), exp_path)
+    out = [] if base_path is None else [(f"{base_path}:Base", base_block)]
+    return [*out, (f"{exp_path}:{expid}", exp_block)]
+
+
+def read_dataset_block(
+    config_dir: str | os.PathLike, dataset_id: str
+) -> tuple[Path, dict[str, Any]]:
+    """(file, block) of ``dataset_id`` in the folder's dataset_config; ConfigError if absent."""
+    dataset_files = _config_files(Path(config_dir), "dataset_config")
+    data_blocks = _read_blocks(dataset_files)
+    if dataset_id not in data_blocks:
+        raise _unknown_name("dataset_id", dataset_id, list(data_blocks), dataset_files)
+    return _single(data_blocks[dataset_id], "dataset_id", dataset_id)
+
+
 def load_config(
     config_dir: str | os.PathLike,
     expid: str,
@@ -329,15 +355,10 @@ def load_config(
             sources[key] = source
 
     # Base, then the expid block.
-    model_files = _config_files(config_dir, "model_config")
-    blocks = _read_blocks(model_files)
-    if expid not in blocks or expid == "Base":
-        raise _unknown_name("expid", expid, [b for b in blocks if b != "Base"], model_files)
-    exp_path, exp_block = _single(blocks[expid], "expid", expid)
-    base_path, base_block = _pick_base(blocks.get("Base", []), exp_path)
-    if base_path is not None:
-        merge(base_block, f"{base_path}:Base")
-    merge(exp_block, f"{exp_path}:{expid}")
+    expid_blocks = read_expid_blocks(config_dir, expid)
+    for source, block in expid_blocks:
+        merge(block, source)
+    exp_source = expid_blocks[-1][0]
 
     # An override of dataset_id picks the dataset block, so it applies before that block.
     for key, value in parsed:
@@ -345,19 +366,15 @@ def load_config(
             merge({key: value}, OVERRIDE_SOURCE)
     if "dataset_id" not in params:
         raise ConfigError(
-            f"expid {expid!r} ({exp_path}) has no dataset_id: add 'dataset_id: <id>' to its "
+            f"expid {expid!r} ({exp_source}) has no dataset_id: add 'dataset_id: <id>' to its "
             "block (or to Base) naming a block of dataset_config.yaml"
         )
     dataset_id = params["dataset_id"]
-    dataset_files = _config_files(config_dir, "dataset_config")
     if not isinstance(dataset_id, str):
         raise ConfigError(
             f"dataset_id (from {sources['dataset_id']}) must be a name, got {_show(dataset_id)}"
         )
-    data_blocks = _read_blocks(dataset_files)
-    if dataset_id not in data_blocks:
-        raise _unknown_name("dataset_id", dataset_id, list(data_blocks), dataset_files)
-    data_path, data_block = _single(data_blocks[dataset_id], "dataset_id", dataset_id)
+    data_path, data_block = read_dataset_block(config_dir, dataset_id)
     if data_block.get("dataset_id", dataset_id) != dataset_id:
         raise ConfigError(
             f"{data_path}: block {dataset_id!r} says dataset_id: "

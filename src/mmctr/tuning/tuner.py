@@ -616,15 +616,10 @@ def _read_previous_csv(path: Path) -> dict[str, float]:
 
 def _base_model_params(base_config: Path, base_expid: str) -> dict[str, Any]:
     """Base + the base expid's block, merged as ``load_config`` does (no dataset block)."""
-    files = config_loader._config_files(base_config, "model_config")
-    blocks = config_loader._read_blocks(files)
-    if base_expid not in blocks or base_expid == "Base":
-        raise config_loader._unknown_name(
-            "base_expid", base_expid, [b for b in blocks if b != "Base"], files
-        )
-    exp_path, exp_block = config_loader._single(blocks[base_expid], "expid", base_expid)
-    _, base_block = config_loader._pick_base(blocks.get("Base", []), exp_path)
-    return copy.deepcopy({**base_block, **exp_block})
+    merged: dict[str, Any] = {}
+    for _, block in config_loader.read_expid_blocks(base_config, base_expid, what="base_expid"):
+        merged.update(block)
+    return copy.deepcopy(merged)
 
 
 def _dataset_block(path: Path, given: Any, base_config: Path, dataset_id: str) -> dict[str, Any]:
@@ -639,11 +634,7 @@ def _dataset_block(path: Path, given: Any, base_config: Path, dataset_id: str) -
             )
         block = given[dataset_id]
     else:
-        files = config_loader._config_files(base_config, "dataset_config")
-        blocks = config_loader._read_blocks(files)
-        if dataset_id not in blocks:
-            raise config_loader._unknown_name("dataset_id", dataset_id, list(blocks), files)
-        _, block = config_loader._single(blocks[dataset_id], "dataset_id", dataset_id)
+        _, block = config_loader.read_dataset_block(base_config, dataset_id)
     block = copy.deepcopy(block)
     if block.pop("dataset_id", dataset_id) != dataset_id:
         raise ConfigError(f"{path}: the dataset block {dataset_id!r} names another dataset_id")

@@ -1,0 +1,673 @@
+#!/usr/bin/env python
+"""Throughput of the whole toolkit on generated data: loader, training, prediction, embedding.
+
+    python scripts/bench.py                       # demo preset (cached in data/bench_demo/)
+    python scripts/bench.py --full                # the 3.6M-row preset (data/bench_full/)
+    python scripts/bench.py --quick --json b.json # tiny preset, small model, < 1 minute (CI)
+    python scripts/bench.py --gpu 0               # train/predict on a GPU instead of the CPU
+
+Prints a table and (``--json``) writes every figure with the machine, library versions and
+date. Every rate is the MEDIAN of ``--repeats`` timed runs after warm-up runs.
+
+- loader: ``read_item_table`` + ``read_split`` of train/valid/test in a subprocess (time and
+  peak RSS of the reader alone), and loader-only samples/s of a shuffled ``BatchLoader``
+  epoch at batch 4096 (scripts/bench_data.py does both; FuxiCTR's parquet loader runs side
+  by side when ``requirements-bench.txt`` is installed);
+- train: optimizer steps (batch, forward, BCE on logits, backward, gradient clipping, Adam)
+  with the MMCTR seed and rank-1 hyper-parameters of config/MMCTR, exactly as the trainer
+  runs them (``use_bf16``/``autocast_ctx``, ``make_optimizer``, the config's
+  ``max_gradient_norm``); then fp32 against bf16 autocast on the same step;
+- where the time goes: the loader's share of a step, and the step split between the sequence
+  encoder (``model.sequence``), the cross network (``model.cross``), the optimizer and the
+  rest, timed with forward and backward hooks on those sub-modules;
+- predict: ``predict_probs`` over the head of the valid split at the trainer's eval batch;
+- embed: JPEG decode + CLIP image processing in DataLoader workers, and the ViT-B/32
+  architecture (random weights) on ready pixels (scripts/bench_embed.py's functions).
+
+``--quick`` uses the tiny preset and the demo architecture (config/demo's model keys
+applied to the MMCTR experiments, whose trainer keys stay): a smoke run whose training
+figures are not comparable with the real ones. CPUs without AMX/AVX512-BF16 emulate bf16
+matrix products (very slowly); there the fp32/bf16 pair uses the demo architecture too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_data as bd  # noqa: E402  (scripts/ helpers shared with bench_data.py)
+
+EXPERIMENTS = {"seed": "Transformer_DCN_seed", "rank1": "Transformer_DCN_rank1"}
+PROFILED = ("sequence", "cross")  # named sub-modules of TransformerDCN
+TARGETS = {  # issue #10; peers: 137 and 24 samples/s on a 2-core AMX CPU in fp32
+    "loader.samples_per_s": (">=", 1_000_000),
+    "loader.load_seconds (full preset)": ("<=", 30),
+    "loader.peak_rss_gb (full preset)": ("<=", 2),
+    "train.seed.samples_per_s": (">=", 1_100),
+    "train.rank1.samples_per_s": (">=", 190),
+}
+log = bd.log
+
+
+# ------------------------------------------------------------------------ train steps
+
+
+class ModuleTimer:
+    """Wall time spent inside named sub-modules, forward and backward, through hooks.
+
+    Forward: pre-hook to hook. Backward: the full backward pre-hook (gradients of the
+    outputs ready) to the full backward hook (gradients of the inputs computed). The
+    autograd engine runs a module's nodes together (they are contiguous in creation order),
+    so on the CPU this is the module's own backward; on CUDA every hook synchronises, so
+    only steps run for the breakdown are timed with ``enabled``.
+    """
+
+    def __init__(self, model, names, sync) -> None:
+        self.sync = sync
+        self.enabled = False
+        self.totals = {n: 0.0 for n in names}
+        self._start: dict[tuple[str, str], float] = {}
+        self.handles = []
+        for name in names:
+            module = model.get_submodule(name)
+            self.handles += [
+                module.register_forward_pre_hook(self._begin(name, "fwd")),
+                module.register_forward_hook(self._end(name, "fwd")),
+                module.register_full_backward_pre_hook(self._begin(name, "bwd")),
+                module.register_full_backward_hook(self._end(name, "bwd")),
+            ]
+
+    def _begin(self, name: str, phase: str):
+        def hook(*_):
+            if self.enabled:
+                self.sync()
+                self._start[(name, phase)] = time.perf_counter()
+
+        return hook
+
+    def _end(self, name: str, phase: str):
+        def hook(*_):
+            if self.enabled and (name, phase) in self._start:
+                self.sync()
+                self.totals[name] += time.perf_counter() - self._start.pop((name, phase))
+
+        return hook
+
+    def take(self) -> dict[str, float]:
+        out, self.totals = self.totals, dict.fromkeys(self.totals, 0.0)
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _sync_fn(device):
+    import torch
+
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _cycle(loader) -> Iterator[dict]:
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+class StepRunner:
+    """The trainer's optimizer step on ``cfg``'s model, batch by batch, with timings.
+
+    One step: take the next shuffled batch, forward under ``autocast_ctx``, BCE on the float
+    logits (mean over the batch: accumulation_steps 1), backward, clip to the config's
+    ``max_gradient_norm``, Adam (``make_optimizer``), zero the gradients.
+    """
+
+    def __init__(self, cfg, items, split, device, bf16: bool) -> None:
+        import torch
+
+        from mmctr.data.batching import BatchLoader
+        from mmctr.models import build_model
+        from mmctr.training.trainer import make_optimizer
+
+        t = cfg.trainer
+        self.cfg, self.device, self.bf16 = cfg, device, bf16
+        self.batch_size = t.batch_size
+        self.min_seq_len = int(getattr(cfg.model, "first_k_cols", 1) or 1)
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model, cfg.dataset, items).to(device)
+        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.optimizer = make_optimizer(
+            t.optimizer, self.model.parameters(), t.learning_rate, t.weight_decay
+        )
+        self.loader = BatchLoader(
+            split,
+            t.batch_size,
+            shuffle=True,
+            seed=t.seed,
+            device=device,
+            min_seq_len=self.min_seq_len,
+            trim_padding=t.trim_padding,
+            bucket_by_length=t.bucket_by_length,
+            on_device=t.data_on_device,
+            pin_memory=t.pin_memory,
+        )
+        self.batches = _cycle(self.loader)
+        self.sync = _sync_fn(device)
+        names = [n for n in PROFILED if hasattr(self.model, n)]
+        self.timer = ModuleTimer(self.model, names, self.sync)
+        self.clip = t.max_gradient_norm
+        self.model.train()
+
+    def step(self, parts: dict[str, float] | None = None) -> int:
+        """One optimizer step; adds loader/optimizer seconds to ``parts``; returns samples."""
+        import torch
+        from torch import nn
+
+        from mmctr.training.trainer import autocast_ctx
+
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        if parts is not None:
+            self.sync()
+            t1 = time.perf_counter()
+            parts["loader"] = parts.get("loader", 0.0) + t1 - t0
+        with autocast_ctx(self.device, self.bf16):
+            logits = self.model(batch)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+        loss.backward()
+        if parts is not None:
+            self.sync()
+            t2 = time.perf_counter()
+        if self.clip and self.clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if parts is not None:
+            self.sync()
+            parts["optimizer"] = parts.get("optimizer", 0.0) + time.perf_counter() - t2
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"loss became {loss.item()} in the benchmark")
+        return int(batch["label"].shape[0])
+
+    def run_steps(self, n: int, parts: dict[str, float] | None = None) -> tuple[int, float]:
+        """(samples, seconds) of ``n`` steps, synchronised at both ends."""
+        self.sync()
+        t = time.perf_counter()
+        samples = sum(self.step(parts) for _ in range(n))
+        self.sync()
+        return samples, time.perf_counter() - t
+
+    def close(self) -> None:
+        self.timer.remove()
+
+
+def measure_train(
+    cfg,
+    items,
+    split,
+    device,
+    *,
+    bf16: bool,
+    steps: int,
+    repeats: int,
+    warmup_steps: int = 1,
+    breakdown: bool = True,
+    keep_model: bool = False,
+) -> dict[str, Any]:
+    """Samples/s of the training step (median of ``repeats`` runs of ``steps`` steps after
+    ``warmup_steps``), and where a step's time goes."""
+    t = time.perf_counter()
+    runner = StepRunner(cfg, items, split, device, bf16)
+    build_s = time.perf_counter() - t
+    runner.run_steps(warmup_steps)
+    on_cpu = device.type == "cpu"
+    rates, step_secs, shares = [], [], []
+    for _ in range(repeats):
+        parts: dict[str, float] | None = {} if (breakdown and on_cpu) else None
+        runner.timer.enabled = parts is not None
+        samples, sec = runner.run_steps(steps, parts)
+        rates.append(samples / sec)
+        step_secs.append(sec / steps)
+        if parts is not None:
+            shares.append(_shares(parts, runner.timer.take(), sec))
+    if breakdown and not on_cpu:  # separate, synchronised steps: hooks would stall the GPU
+        runner.timer.enabled = True
+        for _ in range(repeats):
+            parts = {}
+            _, sec = runner.run_steps(steps, parts)
+            shares.append(_shares(parts, runner.timer.take(), sec))
+    runner.timer.enabled = False
+    out: dict[str, Any] = {
+        "expid": cfg.expid,
+        "samples_per_s": bd.median(rates),
+        "step_seconds": bd.median(step_secs),
+        "batch_size": runner.batch_size,
+        "bf16": bf16,
+        "device": str(device),
+        "trainable_parameters": runner.n_params,
+        "steps_per_repeat": steps,
+        "repeats": repeats,
+        "warmup_steps": warmup_steps,
+        "model_build_seconds": build_s,
+        "optimizer": type(runner.optimizer).__name__,
+    }
+    if shares:
+        out["breakdown"] = {k: bd.median([s[k] for s in shares]) for k in shares[0]}
+    runner.close()
+    if keep_model:
+        out["_runner"] = runner
+    return out
+
+
+def _shares(parts: dict[str, float], modules: dict[str, float], total: float) -> dict[str, float]:
+    """Fractions of the step time: loader, each profiled module, optimizer, rest."""
+    out = {"loader": parts.get("loader", 0.0) / total}
+    for name, sec in modules.items():
+        out[name] = sec / total
+    out["optimizer"] = parts.get("optimizer", 0.0) / total
+    out["rest"] = max(0.0, 1.0 - sum(out.values()))
+    return out
+
+
+def native_bf16(device) -> bool:
+    import torch
+
+    from mmctr.utils import cpu_supports_bf16
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_supports_bf16()
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def measure_predict(
+    runner: StepRunner, split, rows: int, *, repeats: int, warmup_rows: int = 256
+) -> dict[str, Any]:
+    """Samples/s of ``predict_probs`` (the trainer's eval batch) over the first ``rows``
+    rows of ``split``, after a warm-up on ``warmup_rows`` rows."""
+    from mmctr.data.batching import BatchLoader
+    from mmctr.training.trainer import _slice_split, predict_probs
+
+    t = runner.cfg.trainer
+    eval_bs = t.eval_batch_size or max(t.batch_size, 4096)
+    rows = min(rows, split.n_rows)
+    head = _slice_split(split, 0, rows)
+    warm = _slice_split(split, 0, min(warmup_rows, rows))
+
+    def loader(part):
+        return BatchLoader(part, eval_bs, device=runner.device, min_seq_len=runner.min_seq_len)
+
+    predict_probs(runner.model, loader(warm), bf16=runner.bf16)
+    times = bd.timed_runs(
+        lambda: predict_probs(runner.model, loader(head), bf16=runner.bf16),
+        repeats,
+        warmup=0,
+        sync=runner.sync,
+    )
+    sec = bd.median(times)
+    return {
+        "samples_per_s": rows / sec,
+        "seconds": sec,
+        "rows": rows,
+        "split": Path(split.path).stem,
+        "eval_batch_size": eval_bs,
+        "expid": runner.cfg.expid,
+        "bf16": runner.bf16,
+        "repeats": repeats,
+    }
+
+
+# ------------------------------------------------------------------------- embedding
+
+
+def measure_embed(
+    *, quick: bool, repeats: int, device, num_workers: int | None = None
+) -> dict[str, Any]:
+    """Decode rate (JPEG -> CLIP pixels in DataLoader workers) and the ViT-B/32 forward rate
+    (random weights) on ready pixels, with scripts/bench_embed.py's functions."""
+    import torch
+    from bench_embed import bench_decode, bench_model, make_images
+
+    from mmctr.embedding.encoder import (
+        ImageFeatureExtractor,
+        make_parallel,
+        random_clip,
+        resolve_amp,
+    )
+
+    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    n_images = 16 if quick else 256
+    size = (320, 240) if quick else (480, 360)
+    on_gpu = device.type == "cuda"
+    model_batch = (256 if on_gpu else 2) if quick else (1024 if on_gpu else 16)
+    model, processor = random_clip("vit-b32", seed=0)
+    crop = processor.crop_size["height"]
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="mmctr_bench_") as tmp:
+        folder = Path(tmp) / "images"
+        make_images(folder, n_images, size)
+        paths = [str(folder / f"{i}.jpg") for i in range(1, n_images + 1)]
+        rate, sec = bench_decode(processor, paths, 8, workers, repeats, 1)
+    out["decode_images_per_s"] = rate
+    out["decode"] = {
+        "images": n_images,
+        "image_size": list(size),
+        "workers": workers,
+        "seconds": sec,
+        "processor_crop": crop,
+    }
+    devices = (
+        [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        if on_gpu
+        else [device]
+    )
+    extractor = ImageFeatureExtractor(model, resolve_amp(None, devices[0]))
+    runner = make_parallel(extractor, devices)
+    rate, sec = bench_model(runner, crop, model_batch, devices[0], repeats, 1)
+    out["vitb32_images_per_s"] = rate
+    out["vitb32"] = {
+        "batch_size": model_batch,
+        "seconds": sec,
+        "devices": [str(d) for d in devices],
+        "amp": str(resolve_amp(None, devices[0])),
+        "weights": "random (architecture of openai/clip-vit-base-patch32)",
+    }
+    del runner, extractor, model
+    return out
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def _fmt_rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def check_targets(result: dict[str, Any]) -> dict[str, Any]:
+    full = result["preset"] == "full"
+    out = {}
+    for name, (op, target) in TARGETS.items():
+        key = name.split(" ")[0]
+        if "(full preset)" in name and not full:
+            out[name] = {"target": f"{op} {target}", "measured": None, "met": None}
+            continue
+        value = _get(result, key)
+        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        out[name] = {"target": f"{op} {target}", "measured": value, "met": met}
+    return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows = [
+        ("loader-only, batch 4096 (samples/s)", _get(result, "loader.samples_per_s")),
+        ("load train+valid+test+items (s)", _get(result, "loader.load_seconds")),
+        ("load peak RSS (GB, subprocess)", _get(result, "loader.peak_rss_gb")),
+        ("peer fuxictr loader (samples/s)", _get(result, "peer.fuxictr_loader.samples_per_s")),
+        ("train seed, fp32 (samples/s)", _get(result, "train.seed.samples_per_s")),
+        ("train rank-1, fp32 (samples/s)", _get(result, "train.rank1.samples_per_s")),
+    ]
+    pair = _get(result, "train.bf16_pair") or {}
+    for prec in ("fp32", "bf16"):
+        if prec in pair:
+            rows.append((f"train step {pair['label']}, {prec}", pair[prec]["samples_per_s"]))
+    rows += [
+        ("predict (samples/s)", _get(result, "predict.samples_per_s")),
+        ("embed decode (images/s)", _get(result, "embed.decode_images_per_s")),
+        ("embed ViT-B/32 model (images/s)", _get(result, "embed.vitb32_images_per_s")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    log("")
+    log(f"== results ({result['timing']}) ==")
+    for name, value in rows:
+        if isinstance(value, float) and value < 100:
+            text = f"{value:,.2f}"
+        else:
+            text = _fmt_rate(value)
+        log(f"  {name:<{width}}  {text:>12}")
+    log("")
+
+
+def _describe_breakdown(name: str, tr: dict[str, Any]) -> str:
+    b = tr.get("breakdown")
+    if not b:
+        return f"  {name}: no breakdown"
+    parts = "  ".join(f"{k} {_pct(v)}" for k, v in b.items())
+    return f"  {name} (step {tr['step_seconds']:.3f} s): {parts}"
+
+
+def run(args) -> dict[str, Any]:
+    from mmctr.utils import resolve_device
+
+    quick = args.quick
+    preset = "tiny" if quick else "full" if args.full else "demo"
+    repeats = args.repeats or (1 if quick else 3)
+    device = resolve_device(args.gpu)
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "date": bd.now_iso(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "preset": preset,
+        "quick": quick,
+        "device": str(device),
+        "timing": f"median of {repeats} timed repeat(s) after warm-up",
+        "machine": bd.machine_info(),
+        "versions": bd.versions(),
+    }
+    notes: list[str] = []
+    result["notes"] = notes
+    m = result["machine"]
+    log(
+        f"{m['cpu_model']} ({m['cpu_cores']} cores, torch {result['versions']['torch']}, "
+        f"{m['torch_cpu_capability']}, native bf16: {m['cpu_native_bf16']}); device {device}; "
+        f"GPUs: {', '.join(g['name'] for g in m['gpus']) or 'none'}"
+    )
+    log(f"timing: {result['timing']}")
+
+    # ---- data and loader
+    data_dir = bd.ensure_data(preset, args.data_root)
+    result["data_dir"] = str(data_dir)
+    load = bd.measure_load(data_dir)
+    cfg = bd.bench_config(bd.LOADER_EXPID, data_dir)
+    items, splits, _ = bd.load_data(cfg, ("train", "valid"))
+    train, valid = splits["train"], splits["valid"]
+    rate = bd.loader_rate(
+        train,
+        4096,
+        repeats=repeats,
+        warmup=1,
+        min_seq_len=int(cfg.model.first_k_cols),
+        seed=cfg.trainer.seed,
+    )
+    result["loader"] = {
+        "samples_per_s": rate["samples_per_s"],
+        "batch_size": 4096,
+        "epoch_seconds": rate["epoch_seconds"],
+        "load_seconds": load["load_seconds"],
+        "load_seconds_by_file": load["seconds"],
+        "peak_rss_gb": load["peak_rss_gb"],
+        "baseline_rss_gb": load["baseline_rss_gb"],
+        "rows": load["rows"],
+        "n_items": load["n_items"],
+        "history_width": load["history_width"],
+    }
+    log(
+        f"load: {load['load_seconds']:.2f} s, peak RSS {load['peak_rss_gb']:.2f} GB "
+        f"(subprocess; {load['baseline_rss_gb']:.2f} GB before loading); loader-only "
+        f"{rate['samples_per_s']:,.0f} samples/s at batch 4096"
+    )
+    if args.no_peer:
+        result["peer"] = {"fuxictr_loader": {"status": "skipped (--no-peer)"}}
+    else:
+        peer = bd.measure_fuxictr(data_dir, 4096, repeats=repeats, warmup=1)
+        peer = bd.peer_entry(rate, peer)
+        result["peer"] = {"fuxictr_loader": peer}
+        log(bd.describe_peer(peer))
+
+    # ---- training steps
+    small = bd.demo_architecture_overrides()
+    arch = small if quick else []
+    if quick:
+        notes.append(
+            "--quick: the MMCTR experiments run with config/demo's architecture "
+            "(" + ", ".join(small) + "); training figures are a smoke test, not comparable"
+        )
+    steps = {"seed": 1, "rank1": 1 if quick else 2}
+    if args.train_steps:
+        steps = dict.fromkeys(steps, args.train_steps)
+    result["train"] = {}
+    runners = {}
+    for name, expid in EXPERIMENTS.items():
+        tcfg = bd.bench_config(expid, data_dir, [*arch, "bf16=false"])
+        if tcfg.trainer.max_len != cfg.trainer.max_len:
+            raise SystemExit(f"{expid}: max_len {tcfg.trainer.max_len} differs from the loader's")
+        tr = measure_train(
+            tcfg,
+            items,
+            train,
+            device,
+            bf16=False,
+            steps=steps[name],
+            repeats=repeats,
+            keep_model=name == "seed",
+        )
+        if "_runner" in tr:
+            runners[name] = tr.pop("_runner")
+        if quick:
+            tr["overrides"] = small
+        result["train"][name] = tr
+        log(
+            f"train {name:5s} ({expid}, batch {tr['batch_size']}, "
+            f"{tr['trainable_parameters']:,} parameters, fp32): "
+            f"{tr['samples_per_s']:,.1f} samples/s, {tr['step_seconds']:.3f} s/step"
+        )
+        log(_describe_breakdown(name, tr))
+
+    # ---- fp32 against bf16 on the same step
+    native = native_bf16(device)
+    pair_expid = EXPERIMENTS["rank1"]
+    pair_arch = arch if native else small
+    label = "rank-1" + ("" if not pair_arch else " (demo architecture)")
+    pair: dict[str, Any] = {"expid": pair_expid, "label": label, "native_bf16": native}
+    if pair_arch:
+        pair["overrides"] = pair_arch
+    pair_steps = 1 if quick else 2
+    for prec, flag in (("fp32", False), ("bf16", True)):
+        pcfg = bd.bench_config(pair_expid, data_dir, [*pair_arch, f"bf16={str(flag).lower()}"])
+        pr = measure_train(
+            pcfg,
+            items,
+            train,
+            device,
+            bf16=flag,
+            steps=pair_steps,
+            repeats=repeats,
+            breakdown=False,
+        )
+        pair[prec] = {k: pr[k] for k in ("samples_per_s", "step_seconds", "batch_size")}
+        log(f"train step {label}, {prec}: {pr['samples_per_s']:,.1f} samples/s")
+    pair["bf16_speedup"] = pair["bf16"]["samples_per_s"] / pair["fp32"]["samples_per_s"]
+    if not native:
+        note = (
+            f"this {'CPU' if device.type == 'cpu' else 'device'} has no native bf16 "
+            "(no AMX / AVX512-BF16): bf16 matrix products are emulated, "
+            f"{1 / pair['bf16_speedup']:.1f}x slower than fp32 here; the pair uses the demo "
+            "architecture because a full-size bf16 step takes minutes. bf16 'auto' stays off."
+        )
+        pair["note"] = note
+        notes.append(note)
+        log(f"note: {note}")
+    result["train"]["bf16_pair"] = pair
+
+    # ---- prediction
+    pred_rows = valid.n_rows if quick else args.predict_rows
+    pred = measure_predict(runners["seed"], valid, pred_rows, repeats=repeats)
+    result["predict"] = pred
+    log(
+        f"predict ({pred['expid']}, {pred['rows']:,} {pred['split']} rows, eval batch "
+        f"{pred['eval_batch_size']}): {pred['samples_per_s']:,.1f} samples/s"
+    )
+    for r in runners.values():
+        del r.model, r.optimizer
+    runners.clear()
+
+    # ---- embedding
+    if args.no_embed:
+        result["embed"] = {"decode_images_per_s": None, "vitb32_images_per_s": None}
+        notes.append("embedding stage skipped (--no-embed)")
+    else:
+        emb = measure_embed(quick=quick, repeats=repeats, device=device)
+        result["embed"] = emb
+        log(
+            f"embed: decode {emb['decode_images_per_s']:,.1f} images/s "
+            f"({emb['decode']['workers']} workers, {emb['decode']['image_size'][0]}x"
+            f"{emb['decode']['image_size'][1]} JPEGs); ViT-B/32 {emb['vitb32_images_per_s']:,.1f} "
+            f"images/s (batch {emb['vitb32']['batch_size']}, {', '.join(emb['vitb32']['devices'])})"
+        )
+
+    result["targets"] = check_targets(result)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny preset, small model, 1 repeat")
+    size.add_argument("--full", action="store_true", help="the 3.6M-row preset")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--repeats", type=int, help="timed repeats (default 3; --quick 1)")
+    p.add_argument("--train-steps", type=int, help="optimizer steps per timed repeat")
+    p.add_argument(
+        "--predict-rows", type=int, default=2048, help="valid rows scored per repeat"
+    )
+    p.add_argument("--gpu", type=int, default=-1, help="GPU index for train/predict (-1: CPU)")
+    p.add_argument("--no-peer", action="store_true", help="skip the FuxiCTR loader")
+    p.add_argument("--no-embed", action="store_true", help="skip the embedding stage")
+    p.add_argument("--data-root", help="where bench_<preset>/ lives (default: data/)")
+    args = p.parse_args(argv)
+    result = run(args)
+    print_table(result)
+    for name, t in result["targets"].items():
+        if t["measured"] is None:
+            continue
+        verdict = "met" if t["met"] else "NOT met"
+        log(f"target {name} {t['target']}: {t['measured']:,.2f} -> {verdict}")
+    for note in result["notes"]:
+        log(f"note: {note}")
+    log(f"total {result['seconds']:.1f} s")
+    if args.json:
+        bd.write_json(args.json, result)
+        log(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -335,8 +335,14 @@ def loader_rate(
     warmup: int = 1,
     min_seq_len: int = 16,
     seed: int = 2025,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Samples/s of one shuffled epoch of ``BatchLoader`` over ``split`` (CPU, loader only)."""
+    """Samples/s of one shuffled epoch of ``BatchLoader`` over ``split`` (CPU, loader only).
+
+    ``threads``: torch intra-op threads during the measurement (None: leave as is, which is
+    what the trainer runs with)."""
+    import torch
+
     from mmctr.data.batching import BatchLoader
 
     loader = BatchLoader(split, batch_size, shuffle=True, seed=seed, min_seq_len=min_seq_len)
@@ -347,7 +353,13 @@ def loader_rate(
         for _ in loader:
             pass
 
-    times = timed_runs(one_epoch, repeats, warmup)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        times = timed_runs(one_epoch, repeats, warmup)
+    finally:
+        torch.set_num_threads(before)
     sec = median(times)
     return {
         "samples_per_s": split.n_rows / sec,
@@ -355,6 +367,7 @@ def loader_rate(
         "batch_size": batch_size,
         "batches": len(loader),
         "rows": int(split.n_rows),
+        "torch_threads": threads or before,
         "repeats": repeats,
         "warmup": warmup,
     }
@@ -478,13 +491,15 @@ def run(
     _, splits, _ = load_data(cfg, ("train",))
     train = splits["train"]
     min_seq = int(getattr(cfg.model, "first_k_cols", 1) or 1)
-    rates = {}
+    rates, one_thread = {}, {}
     for bs in batch_sizes:
-        rates[str(bs)] = loader_rate(
-            train, bs, repeats=repeats, warmup=warmup, min_seq_len=min_seq, seed=cfg.trainer.seed
-        )
+        kw = dict(repeats=repeats, warmup=warmup, min_seq_len=min_seq, seed=cfg.trainer.seed)
+        rates[str(bs)] = loader_rate(train, bs, **kw)
+        one_thread[str(bs)] = loader_rate(train, bs, threads=1, **kw)
         log(
             f"loader-only, batch {bs:>5}: {rates[str(bs)]['samples_per_s']:>12,.0f} samples/s "
+            f"with {rates[str(bs)]['torch_threads']} torch threads, "
+            f"{one_thread[str(bs)]['samples_per_s']:>12,.0f} with 1 "
             f"(shuffled epoch of {train.n_rows:,} rows, median of {repeats} after {warmup} warm-up)"
         )
     result: dict[str, Any] = {
@@ -494,6 +509,7 @@ def run(
         "timing": f"median of {repeats} repeats after {warmup} warm-up",
         "load": load,
         "loader_samples_per_s": rates,
+        "loader_samples_per_s_one_thread": one_thread,
     }
     if peer:
         bs = max(batch_sizes)

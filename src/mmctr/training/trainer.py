@@ -221,10 +221,6 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     if not main:
         log.disabled = True
     bf16 = use_bf16(t.bf16, device)
-    if device.type == "cpu":
-        # Adam moments of rarely-seen embedding rows decay into denormal floats, which x86
-        # CPUs process ~100x slower; flushing them to zero made demo training 2.5x faster.
-        torch.set_flush_denormal(True)
     log.info("=" * 70)
     log.info(
         "expid %s | model %s | device %s | bf16 %s | world size %d | run dir %s",
@@ -316,10 +312,10 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     global_batch = t.batch_size * dist.world_size
     windows = _window_sizes(train_split.n_rows, global_batch, t.accumulation_steps)
 
-    def evaluate_and_checkpoint(train_loss: float, epoch_float: float) -> None:
-        metrics = evaluate_split(
+    def score(split: SplitData) -> dict[str, Any]:
+        return evaluate_split(
             model,
-            valid_split,
+            split,
             dist,
             batch_size=eval_bs,
             device=device,
@@ -327,6 +323,9 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             bf16=bf16,
             cold_items=train_items,
         )
+
+    def evaluate_and_checkpoint(train_loss: float, epoch_float: float) -> None:
+        metrics = score(valid_split)
         value = monitor_value(metrics, t.monitor)
         improved = state.best is None or sign * (value - state.best) > 1e-9
         record = {
@@ -463,31 +462,11 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     dist.barrier()
     best = ckpt_io.load_checkpoint(best_path)
     model.load_state_dict(best["model_state"])
-    results: dict[str, Any] = {
-        "valid": evaluate_split(
-            model,
-            valid_split,
-            dist,
-            batch_size=eval_bs,
-            device=device,
-            min_seq_len=min_seq_len,
-            bf16=bf16,
-            cold_items=train_items,
-        )
-    }
+    results: dict[str, Any] = {"valid": score(valid_split)}
     if ds.test_data and Path(ds.test_data).is_file():
         test_split = read_split(ds.test_data, ds, require_label=False, **read)
         if test_split.labels is not None:
-            results["test"] = evaluate_split(
-                model,
-                test_split,
-                dist,
-                batch_size=eval_bs,
-                device=device,
-                min_seq_len=min_seq_len,
-                bf16=bf16,
-                cold_items=train_items,
-            )
+            results["test"] = score(test_split)
     results["history"] = [h for h in state.history if "AUC" in h]
     results["best_step"] = best.get("step")
     results["epochs"] = state.epoch

@@ -1,0 +1,430 @@
+#!/usr/bin/env python
+"""The GPU check: full-size data, training, prediction and the embedding stage on CUDA.
+
+    bash scripts/gpu_check.sh                   # on the GPU machine (the way to run it)
+    GPU_CHECK_CPU=1 bash scripts/gpu_check.sh   # the same stages with tiny sizes on a CPU
+    PYTHONPATH=src python scripts/gpu_check.py --dry-run
+
+Made for one H200 with 16 CPU cores and no network, to finish in under 8 minutes. Stages,
+each with a time budget (seconds; the slack of a stage carries to the next ones):
+
+1. data (120): the ``full`` preset of the demo generator without images (3.6M / 10K / 379K
+   rows, 91,718 items) into <out-dir>/full/ (kept between runs on the same machine);
+2. load (40): read time and peak RSS of the reader in a subprocess, the loader-only rate;
+3. train (170): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
+   bf16: timed optimizer steps (median of 3 after warm-up) give samples/s and the epoch
+   time EXTRAPOLATED from them; then, cheapest first, the combinations whose estimated
+   epoch fits the remaining budget run one real epoch through ``train(cfg)`` (overrides
+   ``epochs=1 bf16=...``), which also reports valid/test AUC. Every figure says whether it
+   was measured over a whole epoch or extrapolated;
+4. predict (30): ``predict_submission`` for a trained seed run (the test split, file order,
+   CSV + zip), and ``predict_probs`` over the whole test split;
+5. embed (70): ~20,000 item images written by the demo generator's image writer, a
+   ViT-B/32 CLIP with random weights, and ``generate_embeddings`` on every visible GPU.
+
+Prints every figure and writes them to $OUT/gpu_check.json when $OUT is set (after every
+stage, so a run cut short still leaves what it measured), else to <out-dir>/gpu_check.json.
+``--dry-run`` (or GPU_CHECK_CPU=1): the tiny preset, config/demo's architecture, 256 images
+of a tiny CLIP, on the CPU; it exercises every code path in about two minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench  # noqa: E402
+import bench_data as bd  # noqa: E402
+
+GPU_BUDGETS = {"data": 120, "load": 40, "train": 170, "predict": 30, "embed": 70}
+CPU_BUDGETS = {"data": 30, "load": 20, "train": 90, "predict": 20, "embed": 60}
+COMBOS = [("seed", True), ("seed", False), ("rank1", True), ("rank1", False)]
+log = bd.log
+
+
+class Budget:
+    """Stage deadlines: stage k must end by start + the sum of the budgets up to k."""
+
+    def __init__(self, budgets: dict[str, float]) -> None:
+        self.start = time.perf_counter()
+        self.ends: dict[str, float] = {}
+        total = 0.0
+        for name, sec in budgets.items():
+            total += sec
+            self.ends[name] = total
+        self.budgets = budgets
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self, stage: str) -> float:
+        return self.ends[stage] - self.elapsed()
+
+
+class Report:
+    """The result dict, printed as it grows and saved after every stage."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        bd.write_json(self.path, self.data)
+
+
+def stage(report: Report, budget: Budget, name: str):
+    """Decorator-free stage runner: times ``fn``, stores its result or its error."""
+
+    def run(fn, *args, **kwargs):
+        t = time.perf_counter()
+        log(f"\n=== {name} (budget {budget.budgets[name]} s, {budget.left(name):.0f} s left) ===")
+        try:
+            out = fn(*args, **kwargs)
+            status = "ok"
+        except Exception as exc:  # keep going: the later stages still tell us something
+            traceback.print_exc()
+            out, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
+        out = dict(out or {})
+        out.update(status=status, seconds=round(time.perf_counter() - t, 2))
+        out["budget_seconds"] = budget.budgets[name]
+        report.data.setdefault("stages", {})[name] = out
+        report.data["elapsed_seconds"] = round(budget.elapsed(), 1)
+        report.save()
+        log(f"--- {name}: {status} in {out['seconds']:.1f} s (total {budget.elapsed():.0f} s)")
+        return out
+
+    return run
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def stage_data(preset: str, out_dir: Path) -> dict[str, Any]:
+    data_dir = bd.ensure_data(preset, out_dir)
+    return {"data_dir": str(data_dir), "preset": preset}
+
+
+def stage_load(data_dir: Path, ctx: dict[str, Any], dry: bool) -> dict[str, Any]:
+    load = bd.measure_load(data_dir)
+    log(
+        f"load (subprocess): {load['load_seconds']:.1f} s, peak RSS {load['peak_rss_gb']:.2f} GB, "
+        f"rows {load['rows']}"
+    )
+    cfg = bd.bench_config(bd.LOADER_EXPID, data_dir)
+    t = time.perf_counter()
+    items, splits, _ = bd.load_data(cfg)
+    in_process = time.perf_counter() - t
+    kw = dict(repeats=1, warmup=1, min_seq_len=int(cfg.model.first_k_cols))
+    rate = bd.loader_rate(splits["train"], 4096, **kw)
+    rate1 = bd.loader_rate(splits["train"], 4096, threads=1, **kw)
+    log(
+        f"loader-only batch 4096: {rate['samples_per_s']:,.0f} samples/s with "
+        f"{rate['torch_threads']} threads, {rate1['samples_per_s']:,.0f} with 1"
+    )
+    ctx.update(items=items, splits=splits, load_seconds=in_process)
+    return {
+        "load_seconds": load["load_seconds"],
+        "peak_rss_gb": load["peak_rss_gb"],
+        "rows": load["rows"],
+        "in_process_load_seconds": in_process,
+        "loader_samples_per_s": rate["samples_per_s"],
+        "loader_samples_per_s_one_thread": rate1["samples_per_s"],
+        "torch_threads": rate["torch_threads"],
+    }
+
+
+def _overrides(root: Path, name: str, bf16: bool, arch: list[str]) -> list[str]:
+    """One epoch, the precision, and a run folder of its own for each combination."""
+    ckpt = root / "checkpoints" / f"{name}_{'bf16' if bf16 else 'fp32'}"
+    return [*arch, "epochs=1", f"bf16={str(bf16).lower()}", f"model_root={ckpt}"]
+
+
+def stage_train(
+    data_dir: Path, root: Path, ctx: dict[str, Any], budget: Budget, device, dry: bool
+) -> dict[str, Any]:
+    import torch
+
+    from mmctr.training.trainer import train
+
+    arch = bd.demo_architecture_overrides() if dry else []
+    items, split = ctx["items"], ctx["splits"]["train"]
+    n_train = split.n_rows
+    on_gpu = device.type == "cuda"
+    steps = {"seed": 20, "rank1": 50} if on_gpu else {"seed": 1, "rank1": 2}
+    warmup = 5 if on_gpu else 1
+    out: dict[str, Any] = {"device": str(device), "n_train": n_train, "runs": {}}
+    if arch:
+        out["overrides"] = arch
+    # 1) timed steps for every combination
+    for name, bf16 in COMBOS:
+        key = f"{name}_{'bf16' if bf16 else 'fp32'}"
+        if budget.left("train") < 10:
+            out["runs"][key] = {"status": "skipped: train budget spent"}
+            continue
+        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, _overrides(root, name, bf16, arch))
+        keep = name == "seed" and (bf16 or not on_gpu)
+        r = bench.measure_train(
+            cfg,
+            items,
+            split,
+            device,
+            bf16=bf16,
+            steps=steps[name],
+            repeats=3 if on_gpu else 1,
+            warmup_steps=warmup,
+            keep_model=keep,
+        )
+        if "_runner" in r:
+            ctx["predict_runner"] = r.pop("_runner")
+        r["epoch_seconds_extrapolated"] = n_train / r["samples_per_s"]
+        r["epoch"] = (
+            f"extrapolated from {r['steps_per_repeat']} timed steps (median of {r['repeats']})"
+        )
+        out["runs"][key] = r
+        log(
+            f"{key:11s} batch {r['batch_size']:5d}: {r['samples_per_s']:>10,.0f} samples/s, "
+            f"{r['step_seconds'] * 1e3:8.1f} ms/step -> epoch ~{r['epoch_seconds_extrapolated']:,.0f} s "
+            f"(extrapolated)"
+        )
+        log(bench._describe_breakdown(key, r))
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+    # 2) real epochs, cheapest first, while the budget allows
+    load_s = ctx.get("load_seconds", 10.0)
+    measured = [(k, v) for k, v in out["runs"].items() if "epoch_seconds_extrapolated" in v]
+    for key, r in sorted(measured, key=lambda kv: kv[1]["epoch_seconds_extrapolated"]):
+        name, prec = key.split("_")
+        # reading the data again, evaluation, checkpoints: 2 loads + 25% of the epoch + 20 s
+        need = 1.25 * r["epoch_seconds_extrapolated"] + 2 * load_s + 20
+        left = budget.left("train")
+        if need > left:
+            r["real_epoch"] = f"not run: needs ~{need:.0f} s, {left:.0f} s left in the budget"
+            log(
+                f"{key}: one real epoch needs ~{need:.0f} s, {left:.0f} s left -> extrapolated only"
+            )
+            continue
+        overrides = _overrides(root, name, prec == "bf16", arch)
+        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, overrides)
+        log(f"{key}: one real epoch through train(cfg) (~{need:.0f} s of {left:.0f} s left)")
+        t = time.perf_counter()
+        res = train(cfg, gpu=(device.index or 0) if on_gpu else -1, progress=False)
+        wall = time.perf_counter() - t
+        r["real_epoch"] = {
+            "wall_seconds": wall,
+            "train_seconds": res.get("train_seconds"),
+            "samples_per_s": n_train / res["train_seconds"] if res.get("train_seconds") else None,
+            "valid_AUC": res["valid"].get("AUC"),
+            "valid_logloss": res["valid"].get("logloss"),
+            "test_AUC": res.get("test", {}).get("AUC"),
+            "run_dir": res["run_dir"],
+            "note": "measured: one whole epoch (train_seconds includes the valid evaluation)",
+        }
+        r["epoch"] = "measured (one real epoch) and extrapolated"
+        if name == "seed":
+            ctx.setdefault("trained_seed", {"expid": cfg.expid, "prec": prec, "ov": overrides})
+        log(
+            f"{key}: epoch {res['train_seconds']:.1f} s (wall {wall:.1f} s), valid AUC "
+            f"{res['valid'].get('AUC', float('nan')):.4f}"
+        )
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+    return out
+
+
+def stage_predict(data_dir: Path, root: Path, ctx: dict[str, Any], device) -> dict[str, Any]:
+    from mmctr.prediction.submission import predict_submission
+
+    out: dict[str, Any] = {}
+    test = ctx["splits"]["test"]
+    runner = ctx.get("predict_runner")
+    if runner is not None:
+        p = bench.measure_predict(runner, test, test.n_rows, repeats=1)
+        out["predict_probs"] = p
+        log(
+            f"predict_probs over the test split ({p['rows']:,} rows, bf16 {p['bf16']}): "
+            f"{p['samples_per_s']:,.0f} samples/s"
+        )
+    trained = ctx.get("trained_seed")
+    if trained is None:
+        out["submission"] = "not run: no real seed epoch was trained within the budget"
+        return out
+    expid, prec = trained["expid"], trained["prec"]
+    on_gpu = device.type == "cuda"
+    s = predict_submission(
+        bd.MMCTR_CONFIG,
+        expid,
+        gpu=(device.index or 0) if on_gpu else -1,
+        out_dir=root / "submission",
+        overrides=[*bd.data_overrides(data_dir), *trained["ov"]],
+        progress=False,
+    )
+    s["samples_per_s"] = s["rows"] / s["seconds"]
+    s["precision"] = prec
+    out["submission"] = s
+    log(
+        f"predict_submission ({expid}, {prec}): {s['rows']:,} rows in {s['seconds']:.1f} s "
+        f"(reading included), test AUC {s.get('test_AUC', float('nan')):.4f}"
+    )
+    return out
+
+
+def write_item_images(out_dir: Path, n_items: int, seed: int = 2025) -> dict[str, Any]:
+    """``n_items - 1`` item images by the demo generator's image writer (with its share of
+    missing and corrupt files) and an item_info.parquet of item ids 0..n_items-1."""
+    import numpy as np
+    import pyarrow as pa
+
+    from mmctr.data import demo
+    from mmctr.utils import atomic_write_parquet
+
+    preset = demo.Preset(f"images{n_items}", 0, 0, 0, n_items, 1000, 32, 2000)
+    world = demo._build_world(preset, seed)
+    counts = demo.write_images(world, out_dir, seed)
+    info = out_dir / "item_info.parquet"
+    atomic_write_parquet(pa.table({"item_id": pa.array(np.arange(n_items, dtype=np.int64))}), info)
+    return {"item_info": str(info), **counts}
+
+
+def stage_embed(root: Path, device, dry: bool, budget: Budget) -> dict[str, Any]:
+    import torch
+
+    from mmctr.embedding import build_random_clip, generate_embeddings
+
+    left = budget.left("embed")
+    n_images = 256 if dry else (20_000 if left > 45 else 5_000)
+    arch = "tiny" if dry else "vit-b32"
+    img_root = root / f"images_{n_images}"
+    t = time.perf_counter()
+    if not (img_root / "item_info.parquet").is_file():
+        images = write_item_images(img_root, n_images + 1)
+    else:
+        images = {"item_info": str(img_root / "item_info.parquet"), "reused": True}
+    write_s = time.perf_counter() - t
+    t = time.perf_counter()
+    model_dir = build_random_clip(root / f"clip_{arch}", arch=arch, seed=0)
+    build_s = time.perf_counter() - t
+    on_gpu = device.type == "cuda"
+    gpus = list(range(torch.cuda.device_count())) if on_gpu else -1
+    workers = min(16, os.cpu_count() or 1)
+    s = generate_embeddings(
+        images["item_info"],
+        img_root / "item_images",
+        model=str(model_dir),
+        out=root / "embed_out" / "item_info.parquet",
+        dim=128,
+        batch_size=1024 if on_gpu else 64,
+        num_workers=workers,
+        gpu=gpus,
+        cache_dir=root / "embed_out" / "cache",
+        force=True,
+        progress=False,
+    )
+    out = {
+        "arch": arch,
+        "weights": "random",
+        "images": n_images,
+        "image_write_seconds": write_s,
+        "model_build_seconds": build_s,
+        "devices": s["devices"],
+        "amp": s["amp"],
+        "num_workers": workers,
+        "images_encoded": s["images_encoded"],
+        "encode_seconds": s["encode_seconds"],
+        "images_per_s": s["images_per_s"],
+        "counts": s["counts"],
+        "explained_variance": s["explained_variance"],
+    }
+    log(
+        f"generate_embeddings ({arch}, {len(s['devices'])} device(s), amp {s['amp']}, "
+        f"{workers} workers): {s['images_encoded']:,} images in {s['encode_seconds']:.1f} s "
+        f"= {s['images_per_s']:,.0f} images/s; statuses {s['counts']}"
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
+    p.add_argument("--out-dir", default="/tmp/mmctr_gpu_check", help="work folder")
+    p.add_argument("--json", help="result file (default $OUT/gpu_check.json)")
+    args = p.parse_args(argv)
+    dry = args.dry_run or os.environ.get("GPU_CHECK_CPU", "") not in ("", "0")
+
+    import torch
+
+    root = Path(args.out_dir) / ("dry_run" if dry else "gpu")
+    root.mkdir(parents=True, exist_ok=True)
+    json_path = Path(
+        args.json
+        or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
+        or root / "gpu_check.json"
+    )
+    if not dry and not torch.cuda.is_available():
+        log("no CUDA device: run with --dry-run (or GPU_CHECK_CPU=1) on a CPU machine")
+        return 2
+    device = torch.device("cpu") if dry else torch.device("cuda:0")
+    budget = Budget(CPU_BUDGETS if dry else GPU_BUDGETS)
+    report = Report(json_path)
+    report.data.update(
+        date=bd.now_iso(),
+        mode="dry-run (CPU, tiny sizes)" if dry else "gpu",
+        device=str(device),
+        machine=bd.machine_info(),
+        versions=bd.versions(),
+        budgets_seconds=budget.budgets,
+        timing="median of repeats after warm-up steps; epoch times say 'extrapolated' or 'measured'",
+    )
+    if torch.cuda.is_available():
+        report.data["cuda"] = {
+            "version": torch.version.cuda,
+            "bf16_supported": bool(torch.cuda.is_bf16_supported()),
+            "tf32_matmul": getattr(torch.backends.cuda.matmul, "allow_tf32", None),
+        }
+    report.save()
+    m = report.data["machine"]
+    log(
+        f"{report.data['mode']}: {m['cpu_model']} x{m['cpu_cores']}, GPUs: "
+        f"{', '.join(g['name'] for g in m['gpus']) or 'none'}; torch "
+        f"{report.data['versions']['torch']}; results -> {json_path}"
+    )
+
+    ctx: dict[str, Any] = {}
+    data = stage(report, budget, "data")(stage_data, "tiny" if dry else "full", root)
+    if data["status"] != "ok":
+        return 1
+    data_dir = Path(data["data_dir"])
+    load = stage(report, budget, "load")(stage_load, data_dir, ctx, dry)
+    if load["status"] != "ok":
+        return 1
+    stage(report, budget, "train")(stage_train, data_dir, root, ctx, budget, device, dry)
+    stage(report, budget, "predict")(stage_predict, data_dir, root, ctx, device)
+    ctx.pop("predict_runner", None)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    stage(report, budget, "embed")(stage_embed, root, device, dry, budget)
+
+    report.data["elapsed_seconds"] = round(budget.elapsed(), 1)
+    failed = [k for k, v in report.data["stages"].items() if v["status"] != "ok"]
+    report.data["failed_stages"] = failed
+    report.save()
+    log(f"\ntotal {budget.elapsed():.0f} s; failed stages: {failed or 'none'}; json: {json_path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

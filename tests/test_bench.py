@@ -1,0 +1,86 @@
+"""scripts/bench.py --quick end to end (issue #10): it completes and its JSON has every key.
+
+The figures themselves are not asserted (timings on shared CI cores mean nothing); the run is
+the tiny preset with config/demo's architecture, generated into the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+NUMBERS = [
+    "loader.samples_per_s",
+    "loader.samples_per_s_one_thread",
+    "loader.load_seconds",
+    "loader.peak_rss_gb",
+    "train.seed.samples_per_s",
+    "train.rank1.samples_per_s",
+    "train.seed.breakdown.loader",
+    "train.seed.breakdown.sequence",
+    "train.seed.breakdown.cross",
+    "train.seed.breakdown.rest",
+    "train.bf16_pair.fp32.samples_per_s",
+    "train.bf16_pair.bf16.samples_per_s",
+    "predict.samples_per_s",
+    "embed.decode_images_per_s",
+    "embed.vitb32_images_per_s",
+]
+PRESENT = [
+    "date",
+    "machine.cpu_model",
+    "machine.cpu_cores",
+    "machine.cpu_flags.amx_bf16",
+    "machine.cpu_flags.avx512_bf16",
+    "machine.gpus",
+    "versions.python",
+    "versions.torch",
+    "versions.transformers",
+    "versions.numpy",
+    "versions.pyarrow",
+    "peer.fuxictr_loader.status",
+    "timing",
+]
+
+
+def _get(d, dotted):
+    for key in dotted.split("."):
+        assert isinstance(d, dict) and key in d, f"{dotted}: {key!r} is missing"
+        d = d[key]
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_bench_quick_writes_every_key(tmp_path):
+    out = tmp_path / "x.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    # busy shared cores: sleeping OpenMP threads instead of spinning ones (steadier timings)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cmd = [sys.executable, "scripts/bench.py", "--quick", "--json", str(out)]
+    proc = subprocess.run(
+        [*cmd, "--data-root", str(tmp_path / "data")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in NUMBERS:
+        value = _get(result, key)
+        assert isinstance(value, int | float) and math.isfinite(value) and value >= 0, key
+    for key in PRESENT:
+        _get(result, key)
+    assert result["quick"] is True and result["preset"] == "tiny"
+    assert "median" in result["timing"]

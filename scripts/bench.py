@@ -379,7 +379,8 @@ def measure_embed(
         if on_gpu
         else [device]
     )
-    extractor = ImageFeatureExtractor(model, resolve_amp(None, devices[0]))
+    amp = resolve_amp(None, devices[0])  # bf16 on CUDA, none on the CPU (the pipeline's default)
+    extractor = ImageFeatureExtractor(model, amp)
     runner = make_parallel(extractor, devices)
     rate, sec = bench_model(runner, crop, model_batch, devices[0], repeats, 1)
     out["vitb32_images_per_s"] = rate
@@ -387,7 +388,7 @@ def measure_embed(
         "batch_size": model_batch,
         "seconds": sec,
         "devices": [str(d) for d in devices],
-        "amp": str(resolve_amp(None, devices[0])),
+        "amp": "none" if amp is None else str(amp).replace("torch.", ""),
         "weights": "random (architecture of openai/clip-vit-base-patch32)",
     }
     del runner, extractor, model

@@ -280,6 +280,9 @@ def _maxrss_gb() -> float:
 
 
 def _child_load(data_dir: str) -> dict[str, Any]:
+    import mmctr.config  # noqa: F401  (imports first: the baseline is the interpreter + them)
+    import mmctr.data.dataset  # noqa: F401
+
     baseline = _maxrss_gb()
     cfg = bench_config(LOADER_EXPID, data_dir)
     t = time.perf_counter()
@@ -320,7 +323,8 @@ def _run_child(args: list[str], timeout: float) -> dict[str, Any]:
 
 def measure_load(data_dir: str | os.PathLike, timeout: float = CHILD_TIMEOUT_S) -> dict[str, Any]:
     """Load time and peak RSS of read_item_table + read_split(train/valid/test), measured in
-    a subprocess that imports only the reader (``baseline_rss_gb``: its RSS before loading)."""
+    a subprocess that imports only the reader (``baseline_rss_gb``: its RSS after the
+    imports, before loading; ``torch_imported``: whether importing the reader pulled torch)."""
     return _run_child(["--child-load", str(data_dir)], timeout)
 
 
@@ -477,6 +481,7 @@ def run(
     repeats: int = 3,
     warmup: int = 1,
     peer: bool = True,
+    peer_repeats: int | None = None,
     data_root: str | None = None,
 ) -> dict[str, Any]:
     data_dir = ensure_data(preset, data_root)
@@ -485,7 +490,8 @@ def run(
     log(
         f"load (subprocess): {load['load_seconds']:.2f} s for {sum(load['rows'].values()):,} rows "
         f"+ {load['n_items']:,} items; peak RSS {load['peak_rss_gb']:.2f} GB "
-        f"(interpreter + imports before loading: {load['baseline_rss_gb']:.2f} GB)"
+        f"(interpreter + imports before loading: {load['baseline_rss_gb']:.2f} GB"
+        f"{', torch imported' if load['torch_imported'] else ''})"
     )
     cfg = bench_config(LOADER_EXPID, data_dir)
     _, splits, _ = load_data(cfg, ("train",))
@@ -513,7 +519,7 @@ def run(
     }
     if peer:
         bs = max(batch_sizes)
-        p = measure_fuxictr(data_dir, bs, repeats=repeats, warmup=warmup)
+        p = measure_fuxictr(data_dir, bs, repeats=peer_repeats or repeats, warmup=warmup)
         p = peer_entry(rates[str(bs)], p)
         log(describe_peer(p))
         result["peer"] = {"fuxictr_loader": p}
@@ -537,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--repeats", type=int, help="timed repeats (default 3; --quick 1)")
     p.add_argument("--no-peer", action="store_true", help="skip the FuxiCTR comparison")
+    p.add_argument("--peer-repeats", type=int, help="timed FuxiCTR epochs (default --repeats)")
     p.add_argument("--data-root", help="where bench_<preset>/ lives (default: data/)")
     args = p.parse_args(argv)
     preset = "full" if args.full else "tiny" if args.quick else "demo"
@@ -547,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_sizes=args.batch_sizes,
         repeats=repeats,
         peer=not args.no_peer,
+        peer_repeats=args.peer_repeats,
         data_root=args.data_root,
     )
     result["machine"] = machine_info()

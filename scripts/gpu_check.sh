@@ -53,4 +53,8 @@ args=("$@")
 if [[ "${GPU_CHECK_CPU:-0}" != "0" ]]; then
     args+=(--dry-run)
 fi
+if [[ " ${args[*]} " == *" --dry-run "* ]]; then
+    # a shared CPU: sleeping OpenMP threads, not spinning ones, when cores are busy
+    export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+fi
 exec timeout --signal=TERM --kill-after=10 "$TOTAL_LIMIT_S" "$PY" scripts/gpu_check.py "${args[@]}"

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,12 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
         if device.type == "cuda":
             return torch.cuda.is_bf16_supported()
         return cpu_supports_bf16()
+    if setting and device.type == "cpu" and not cpu_supports_bf16():
+        warnings.warn(
+            "bf16: true on a CPU without AMX/AVX512-BF16: bf16 matrix products are emulated "
+            "there and run many times slower than fp32 (use bf16: auto)",
+            stacklevel=2,
+        )
     return bool(setting)
 
 

@@ -29,9 +29,21 @@ from tests.helpers import write_experiment  # noqa: E402  (the same tiny config 
 
 def run(nproc: int, cfg_dir: Path, expid: str, gpu: int, workdir: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "run_expid.py"), "--config", str(cfg_dir), "--expid", expid, "--gpu", str(gpu),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(ROOT / "run_expid.py"),
+        "--config",
+        str(cfg_dir),
+        "--expid",
+        expid,
+        "--gpu",
+        str(gpu),
+        "--no-progress",
+    ]
     subprocess.run(cmd, check=True, cwd=workdir, env=env, capture_output=True, text=True)
     return json.loads((workdir / "ckpt" / "tiny" / expid / "metrics.json").read_text())
 
@@ -54,7 +66,10 @@ def main() -> int:
         for nproc in (1, 2):
             work = tmp / f"n{nproc}"
             cfg_dir, expid = write_experiment(
-                work, tmp / "data", epochs=args.epochs, batch_size=args.batch_size // nproc,
+                work,
+                tmp / "data",
+                epochs=args.epochs,
+                batch_size=args.batch_size // nproc,
                 early_stop_patience=args.epochs + 1,
             )
             m = run(nproc, cfg_dir, expid, args.gpu, work)
@@ -64,11 +79,15 @@ def main() -> int:
                 "valid_AUC": m["valid"]["AUC"],
             }
     device = "cpu" if args.gpu < 0 else f"cuda (gpu {args.gpu}+)"
-    print(f"torchrun training on {device}, preset {args.preset}, {args.epochs} epochs, global batch {args.batch_size}")
+    print(
+        f"torchrun training on {device}, preset {args.preset}, {args.epochs} epochs, global batch {args.batch_size}"
+    )
     print(f"{'processes':<10}{'samples/s':>12}{'train s':>10}{'valid AUC':>11}")
     for n in (1, 2):
         r = out[f"procs_{n}"]
-        print(f"{n:<10}{r['samples_per_s']:>12.0f}{r['train_seconds']:>10.1f}{r['valid_AUC']:>11.4f}")
+        print(
+            f"{n:<10}{r['samples_per_s']:>12.0f}{r['train_seconds']:>10.1f}{r['valid_AUC']:>11.4f}"
+        )
     ratio = out["procs_2"]["samples_per_s"] / out["procs_1"]["samples_per_s"]
     print(f"2 vs 1 process: {ratio:.2f}x")
     out["ratio_2_vs_1"] = ratio

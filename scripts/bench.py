@@ -304,13 +304,13 @@ def measure_predict(
     """Samples/s of ``predict_probs`` (the trainer's eval batch) over the first ``rows``
     rows of ``split``, after a warm-up on ``warmup_rows`` rows."""
     from mmctr.data.batching import BatchLoader
-    from mmctr.training.trainer import _slice_split, predict_probs
+    from mmctr.training.trainer import predict_probs
 
     t = runner.cfg.trainer
     eval_bs = t.eval_batch_size or max(t.batch_size, 4096)
     rows = min(rows, split.n_rows)
-    head = _slice_split(split, 0, rows)
-    warm = _slice_split(split, 0, min(warmup_rows, rows))
+    head = split.slice(0, rows)
+    warm = split.slice(0, min(warmup_rows, rows))
 
     def loader(part):
         return BatchLoader(part, eval_bs, device=runner.device, min_seq_len=runner.min_seq_len)

@@ -28,8 +28,10 @@ def test_arrays_match_the_file(tiny_data, loaded):
     items, train = loaded
     table = pq.read_table(tiny_data / "train.parquet")
     seq = np.array(table.column("item_seq").to_pylist())
-    assert train.columns["item_seq"].dtype == np.int32
-    assert np.array_equal(train.columns["item_seq"], seq)
+    assert train.history.values.dtype == np.int32
+    assert np.array_equal(train.history.dense(), seq)
+    assert len(train.history.values) == int((seq != 0).sum())  # compact: real items only
+    assert np.array_equal(train.history.dense(slice(5, 9)), seq[5:9])
     assert np.array_equal(train.columns["item_id"], table.column("item_id").to_numpy())
     assert np.array_equal(train.labels, table.column("label").to_numpy().astype(np.float32))
     assert np.array_equal(train.seq_len, (seq != 0).sum(1))
@@ -50,6 +52,14 @@ def test_evaluation_batches_are_in_file_order(loaded):
     assert torch.equal(idx, torch.arange(train.n_rows))
     ids = torch.cat([b["item_id"] for b in ordered]).numpy()
     assert np.array_equal(ids, train.columns["item_id"])
+    # histories rebuilt from the compact store equal the file's rows, shuffled or not
+    dense = train.history.dense()
+    for loader in (BatchLoader(train, 300, shuffle=True, seed=3, trim_padding=False), ordered):
+        for b in loader:
+            expect = dense[b["index"].numpy()]
+            got = b["item_seq"].numpy()
+            assert np.array_equal(got, expect[:, expect.shape[1] - got.shape[1] :])
+            assert not expect[:, : expect.shape[1] - got.shape[1]].any()  # only padding dropped
 
 
 def test_same_seed_same_batches_and_epochs_differ(loaded):
@@ -114,8 +124,8 @@ def test_max_len_keeps_the_most_recent_items(tiny_data, tiny_dataset_config, loa
     short = read_split(
         tiny_data / "train.parquet", tiny_dataset_config, n_items=items.n_items, max_len=5
     )
-    assert short.columns["item_seq"].shape[1] == 5
-    assert np.array_equal(short.columns["item_seq"], train.columns["item_seq"][:, -5:])
+    assert short.seq_width == 5
+    assert np.array_equal(short.history.dense(), train.history.dense()[:, -5:])
     assert np.array_equal(short.seq_len, np.minimum(train.seq_len, 5))
 
 

@@ -80,6 +80,8 @@ class BatchLoader:
         if split.labels is not None:
             self._tensors["label"] = torch.from_numpy(split.labels).to(store)
         self._seq_len = torch.from_numpy(split.seq_len.astype(np.int64)).to(store)
+        self._hist_values = torch.from_numpy(split.history.values).to(store)
+        self._hist_offsets = torch.from_numpy(split.history.offsets).to(store)
         self._pin = pin_memory and self.device.type == "cuda" and not on_device
         self._width = split.seq_width
 
@@ -125,23 +127,36 @@ class BatchLoader:
 
     def gather(self, idx: torch.Tensor) -> Batch:
         """The batch of rows ``idx`` (file row numbers), trimmed and on the target device."""
-        store_dev = self._seq_len.device
-        idx_s = idx.to(store_dev)
-        batch: Batch = {}
-        for k, t in self._tensors.items():
-            if k == HISTORY_COL:
-                keep = self._width
-                if self.trim_padding and len(idx_s):
-                    longest = int(self._seq_len.index_select(0, idx_s).max())
-                    keep = min(self._width, max(longest, self.min_seq_len))
-                t = t[:, self._width - keep :]
-            batch[k] = t.index_select(0, idx_s)
+        idx_s = idx.to(self._seq_len.device)
+        batch: Batch = {k: t.index_select(0, idx_s) for k, t in self._tensors.items()}
+        batch[HISTORY_COL] = self._history(idx_s)
         batch["index"] = idx_s
         out: Batch = {}
         for k, t in batch.items():
-            if k == HISTORY_COL or (t.dtype == torch.int32):
+            if t.dtype == torch.int32:
                 t = t.long()
             if self._pin:
                 t = t.pin_memory()
             out[k] = t.to(self.device, non_blocking=True)
+        return out
+
+    def _history(self, idx: torch.Tensor) -> torch.Tensor:
+        """Left-padded (B, L') histories of rows ``idx`` rebuilt from the compact store.
+
+        L' is the file width, or with trimming the longest history of the batch (at least
+        ``min_seq_len``). Work is proportional to the number of real items, not B * width.
+        """
+        lens = self._seq_len.index_select(0, idx)
+        width = self._width
+        if self.trim_padding and len(idx):
+            width = min(width, max(int(lens.max()), self.min_seq_len))
+        total = int(lens.sum()) if len(idx) else 0
+        out = torch.zeros(len(idx), width, dtype=torch.int64, device=lens.device)
+        if total:
+            row = torch.repeat_interleave(torch.arange(len(idx), device=lens.device), lens, output_size=total)
+            first = torch.cumsum(lens, 0) - lens  # position of each row's first item in the gather
+            pos = torch.arange(total, device=lens.device) - first.index_select(0, row)
+            src = self._hist_offsets.index_select(0, idx).index_select(0, row) + pos
+            col = width - lens.index_select(0, row) + pos
+            out[row, col] = self._hist_values.index_select(0, src).long()
         return out

@@ -49,24 +49,73 @@ class ItemTable:
 
 
 @dataclass
+class History:
+    """Left-padded histories stored compactly: only the real items, row after row.
+
+    ``values`` (total,) int32 holds each row's real items oldest first, ``offsets`` (N+1,)
+    int64 where row i's items are ``values[offsets[i]:offsets[i+1]]``, and ``width`` is the
+    padded width of the file (after ``max_len``). MicroLens histories average ~8 real items
+    of 100 positions, so this is ~12x smaller than the dense (N, width) matrix (0.12 GB
+    instead of 1.44 GB for the 3.6M-row train split). Batches are rebuilt left-padded by
+    :class:`mmctr.data.batching.BatchLoader`.
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    width: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def dense(self, rows: slice | None = None) -> np.ndarray:
+        """The left-padded (n, width) int32 matrix (for tests and inspection, not batching)."""
+        lo, hi = (0, len(self.offsets) - 1) if rows is None else (rows.start, rows.stop)
+        part = self.slice(lo, hi)
+        lens = part.lengths
+        out = np.zeros((len(lens), self.width), dtype=np.int32)
+        row = np.repeat(np.arange(len(lens)), lens)
+        pos = np.arange(len(part.values)) - np.repeat(part.offsets[:-1], lens)
+        out[row, self.width - lens[row] + pos] = part.values
+        return out
+
+    def slice(self, lo: int, hi: int) -> History:
+        off = self.offsets[lo : hi + 1]
+        return History(self.values[off[0] : off[-1]], off - off[0], self.width)
+
+
+@dataclass
 class SplitData:
     """One split (train/valid/test) as aligned arrays, in file row order.
 
-    ``columns`` holds the per-row model inputs: ``item_id`` (N,), ``item_seq`` (N, L) int32
-    (left-padded, truncated to the most recent ``max_len``), and each side feature (N,).
+    ``columns`` holds the per-row model inputs: ``item_id`` (N,) and each side feature (N,).
+    ``history`` holds ``item_seq`` compactly (truncated to the most recent ``max_len``), and
     ``seq_len`` (N,) is the number of real (non-zero) history items after truncation.
     """
 
     path: str
     n_rows: int
     columns: dict[str, np.ndarray]
+    history: History
     seq_len: np.ndarray
     labels: np.ndarray | None = None
     groups: np.ndarray | None = None
 
     @property
     def seq_width(self) -> int:
-        return int(self.columns[HISTORY_COL].shape[1])
+        return self.history.width
+
+    def slice(self, lo: int, hi: int) -> SplitData:
+        """Rows ``lo:hi`` as a SplitData (views, no copies)."""
+        return SplitData(
+            path=self.path,
+            n_rows=hi - lo,
+            columns={k: v[lo:hi] for k, v in self.columns.items()},
+            history=self.history.slice(lo, hi),
+            seq_len=self.seq_len[lo:hi],
+            labels=None if self.labels is None else self.labels[lo:hi],
+            groups=None if self.groups is None else self.groups[lo:hi],
+        )
 
 
 def _flat_list_values(arr: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +216,7 @@ def read_split(
         )
     keep = width if max_len is None else min(width, int(max_len))
 
-    seq = np.zeros((n, keep), dtype=np.int32)
+    seq_chunks: list[np.ndarray] = []
     seq_len = np.zeros(n, dtype=np.int16)
     target = np.zeros(n, dtype=np.int64)
     side_arrays = {
@@ -200,8 +249,9 @@ def read_split(
                 ]
             )
         block = values.reshape(rows, width)[:, width - keep :]
-        seq[start : start + rows] = block
-        seq_len[start : start + rows] = np.count_nonzero(block, axis=1)
+        real = block != 0  # left-padded (checked above): row-major order keeps item order
+        seq_chunks.append(block[real].astype(np.int32))
+        seq_len[start : start + rows] = real.sum(axis=1)
         target[start : start + rows] = batch.column(TARGET_COL).to_numpy(zero_copy_only=False)
         for f in side:
             side_arrays[f.name][start : start + rows] = batch.column(f.name).to_numpy(
@@ -214,9 +264,20 @@ def read_split(
         start += rows
     if labels is not None and not require_label and not np.isin(labels, (0.0, 1.0)).all():
         labels = None  # a placeholder label column (hidden test labels): no labels
-    columns: dict[str, np.ndarray] = {TARGET_COL: target, HISTORY_COL: seq, **side_arrays}
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(seq_len, out=offsets[1:])
+    values = np.concatenate(seq_chunks) if seq_chunks else np.zeros(0, dtype=np.int32)
+    del seq_chunks
+    history = History(values=values, offsets=offsets, width=keep)
+    columns: dict[str, np.ndarray] = {TARGET_COL: target, **side_arrays}
     return SplitData(
-        path=path, n_rows=n, columns=columns, seq_len=seq_len, labels=labels, groups=groups
+        path=path,
+        n_rows=n,
+        columns=columns,
+        history=history,
+        seq_len=seq_len,
+        labels=labels,
+        groups=groups,
     )
 
 

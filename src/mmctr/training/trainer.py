@@ -150,7 +150,7 @@ def evaluate_split(
     shares are gathered, so every row counts exactly once."""
     lo = split.n_rows * dist.rank // dist.world_size
     hi = split.n_rows * (dist.rank + 1) // dist.world_size
-    part = _slice_split(split, lo, hi) if dist.enabled else split
+    part = split.slice(lo, hi) if dist.enabled else split
     loader = BatchLoader(part, batch_size, device=device, min_seq_len=min_seq_len)
     probs = predict_probs(model, loader, bf16=bf16)
     probs = np.concatenate(dist.all_gather_object(probs)) if dist.enabled else probs
@@ -162,17 +162,6 @@ def evaluate_split(
             metrics["warm_AUC"] = evaluate_predictions(split.labels[~cold], probs[~cold])["AUC"]
             metrics["cold_rows"] = int(cold.sum())
     return metrics
-
-
-def _slice_split(split: SplitData, lo: int, hi: int) -> SplitData:
-    return SplitData(
-        path=split.path,
-        n_rows=hi - lo,
-        columns={k: v[lo:hi] for k, v in split.columns.items()},
-        seq_len=split.seq_len[lo:hi],
-        labels=None if split.labels is None else split.labels[lo:hi],
-        groups=None if split.groups is None else split.groups[lo:hi],
-    )
 
 
 def _window_sizes(n_rows: int, global_batch: int, accumulation: int) -> list[int]:

@@ -28,7 +28,11 @@ from tests.helpers import write_experiment  # noqa: E402  (the same tiny config 
 
 
 def run(nproc: int, cfg_dir: Path, expid: str, gpu: int, workdir: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc)),
+        "OMP_WAIT_POLICY": "PASSIVE",  # spinning threads distort timings on a shared CPU
+    }
     cmd = [
         sys.executable,
         "-m",

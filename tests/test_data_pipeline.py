@@ -87,6 +87,20 @@ def test_ranks_split_every_epoch_exactly(loaded):
     assert torch.equal(torch.sort(torch.cat(parts)).values, torch.arange(train.n_rows))
 
 
+def test_a_rank_can_get_an_empty_last_batch(loaded):
+    """2,000 rows, batch 666 x 3 ranks: the last global batch has 2 rows, rank 2 gets none
+    (the trainer then runs a zero-weight row so DDP's all-reduce stays in step)."""
+    _, train = loaded
+    sizes = [
+        [len(b["index"]) for b in BatchLoader(train, 666, shuffle=True, rank=r, world_size=3)]
+        for r in range(3)
+    ]
+    assert [s[-1] for s in sizes] == [1, 1, 0]
+    assert sum(map(sum, sizes)) == train.n_rows
+    empty = list(BatchLoader(train, 666, shuffle=True, rank=2, world_size=3))[-1]
+    assert empty["item_seq"].shape[0] == 0 and empty["label"].shape == (0,)
+
+
 def test_bucketing_keeps_every_row_once(loaded):
     _, train = loaded
     ld = BatchLoader(train, 64, shuffle=True, seed=1, bucket_by_length=True)

@@ -81,3 +81,37 @@ def test_torchrun_two_ranks_on_cpu(tmp_path, tiny_data):
     assert single["AUC"] == pytest.approx(metrics["valid"]["AUC"], abs=1e-6)
     assert single["logloss"] == pytest.approx(metrics["valid"]["logloss"], abs=1e-6)
     assert np.isfinite(single["gAUC"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torchrun_rank_with_an_empty_last_batch(tmp_path, tiny_data):
+    """3 ranks x batch 666 on 2,000 rows: rank 2's share of the last global batch is empty;
+    training must neither hang nor crash, and every row still counts once."""
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=1, batch_size=666)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=3",
+            str(ROOT / "run_expid.py"),
+            "--config",
+            str(cfg_dir),
+            "--expid",
+            expid,
+            "--gpu",
+            "-1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=580,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "ckpt" / "tiny" / expid / "train.log").read_text()
+    assert re.findall(r"epoch \d+ done: (\d+) samples", log) == ["2000"]

@@ -395,10 +395,16 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             if dist.enabled and not closes_window:
                 sync = net_model.no_sync()
             with sync:
+                # Under torchrun a rank's share of the last global batch can be empty. DDP
+                # still needs every rank in the gradient all-reduce: run one row through
+                # the model with weight 0 (it adds nothing to the loss or the gradients).
+                weight = 1.0
+                if batch["label"].shape[0] == 0:
+                    batch, weight = loader.gather(torch.zeros(1, dtype=torch.long)), 0.0
                 labels = batch["label"]
                 with autocast_ctx(device, bf16):
                     logits = net_model(batch)
-                bce = nn.functional.binary_cross_entropy_with_logits(
+                bce = weight * nn.functional.binary_cross_entropy_with_logits(
                     logits.float(), labels, reduction="sum"
                 )
                 # Mean over the samples of this optimizer step, on every rank: DDP averages
@@ -415,7 +421,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                     raise TrainingDiverged(msg)
                 loss.backward()
             loss_sum += float(bce.detach())
-            seen += int(labels.shape[0])
+            seen += int(labels.shape[0]) if weight else 0
             if closes_window:
                 if emb_reg or net_reg:
                     # regularisers once per step, on the parameters (FuxiCTR: reg/2 * ||W||^2)

@@ -23,10 +23,8 @@ from .helpers import write_experiment
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_torchrun_two_ranks_on_cpu(tmp_path, tiny_data):
-    cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=2, batch_size=128)
+def _torchrun(nproc: int, workdir: Path, cfg_dir: Path, expid: str) -> None:
+    """``torchrun --standalone --nproc_per_node=nproc run_expid.py ...`` on CPU; must exit 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [
@@ -34,7 +32,7 @@ def test_torchrun_two_ranks_on_cpu(tmp_path, tiny_data):
             "-m",
             "torch.distributed.run",
             "--standalone",
-            "--nproc_per_node=2",
+            f"--nproc_per_node={nproc}",
             str(ROOT / "run_expid.py"),
             "--config",
             str(cfg_dir),
@@ -46,11 +44,18 @@ def test_torchrun_two_ranks_on_cpu(tmp_path, tiny_data):
         ],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=workdir,
         env=env,
         timeout=580,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torchrun_two_ranks_on_cpu(tmp_path, tiny_data):
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=2, batch_size=128)
+    _torchrun(2, tmp_path, cfg_dir, expid)
     run = tmp_path / "ckpt" / "tiny" / expid
     names = sorted(p.name for p in run.iterdir())
     assert names == [
@@ -89,29 +94,6 @@ def test_torchrun_rank_with_an_empty_last_batch(tmp_path, tiny_data):
     """3 ranks x batch 666 on 2,000 rows: rank 2's share of the last global batch is empty;
     training must neither hang nor crash, and every row still counts once."""
     cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=1, batch_size=666)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=3",
-            str(ROOT / "run_expid.py"),
-            "--config",
-            str(cfg_dir),
-            "--expid",
-            expid,
-            "--gpu",
-            "-1",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=580,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun(3, tmp_path, cfg_dir, expid)
     log = (tmp_path / "ckpt" / "tiny" / expid / "train.log").read_text()
     assert re.findall(r"epoch \d+ done: (\d+) samples", log) == ["2000"]

@@ -279,9 +279,3 @@ def read_split(
         labels=labels,
         groups=groups,
     )
-
-
-def resolve_split_path(dataset: DatasetConfig, split: str) -> str | None:
-    return {"train": dataset.train_data, "valid": dataset.valid_data, "test": dataset.test_data}[
-        split
-    ]

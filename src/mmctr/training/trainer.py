@@ -410,17 +410,21 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 # Mean over the samples of this optimizer step, on every rank: DDP averages
                 # gradients over ranks, so scale by world size to get the global mean.
                 loss = bce * (dist.world_size / windows[window])
-                if not torch.isfinite(bce):
-                    msg = (
-                        f"loss became {bce.item()} at epoch {epoch + 1}, batch {i + 1} "
-                        f"(step {state.step}); stopping. The last good checkpoints are kept in "
-                        f"{run_dir} (model.pt = best, last.pt = last completed epoch). "
-                        "Try a lower learning_rate or bf16: false."
-                    )
-                    log.error(msg)
-                    raise TrainingDiverged(msg)
                 loss.backward()
-            loss_sum += float(bce.detach())
+            # The one host sync of a step, after the backward pass is queued (on CUDA the
+            # GPU keeps working while we wait). A non-finite loss stops the run before the
+            # optimizer step, so no weights and no checkpoint ever hold its NaN.
+            bce_value = float(bce.detach())
+            if not math.isfinite(bce_value):
+                msg = (
+                    f"loss became {bce_value} at epoch {epoch + 1}, batch {i + 1} "
+                    f"(step {state.step}); stopping. The last good checkpoints are kept in "
+                    f"{run_dir} (model.pt = best, last.pt = last completed epoch). "
+                    "Try a lower learning_rate or bf16: false."
+                )
+                log.error(msg)
+                raise TrainingDiverged(msg)
+            loss_sum += bce_value
             seen += int(labels.shape[0]) if weight else 0
             if closes_window:
                 if emb_reg or net_reg:

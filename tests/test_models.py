@@ -176,6 +176,29 @@ def test_length_chunking_is_exact():
         )
 
 
+def test_length_chunking_default_is_on_outside_cuda_bf16(monkeypatch):
+    """The default (None) chunks on the CPU, also under CPU bf16 autocast; it skips chunking
+    only under CUDA bf16 autocast (launch-bound GPU), which this check cannot reach on a CPU."""
+    torch.manual_seed(0)
+    kw = dict(item_dim=4, num_heads=1, num_layers=1, dim_feedforward=8, dropout=0.0, first_k_cols=2)
+    enc = SequenceEncoder(**kw).eval()
+    assert enc.length_chunks is None
+    calls = []
+    real = SequenceEncoder._encode
+    monkeypatch.setattr(
+        SequenceEncoder, "_encode", lambda self, t, p: calls.append(t.shape[1]) or real(self, t, p)
+    )
+    lengths = torch.tensor([1, 2, 8, 12])
+    pad = torch.arange(12).expand(4, 12) < (12 - lengths[:, None])
+    with torch.no_grad():
+        enc(torch.randn(4, 12, 4), torch.randn(4, 4), pad)
+        assert sorted(calls) == [2, 8, 12]  # chunks of lengths <=2, <=4.. 8, <=16 -> 12
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            enc(torch.randn(4, 12, 4), torch.randn(4, 4), pad)
+        assert len(calls) == 3
+
+
 def test_empty_history_gives_finite_output():
     model = _tdcn()
     batch = _batch()

@@ -58,11 +58,14 @@ def _median_rate(n_images: int, seconds: list[float]) -> tuple[float, float]:
     return n_images / med, med
 
 
-def bench_decode(processor, paths, batch_size, num_workers, repeats, warmup):
+def bench_decode(processor, paths, batch_size, num_workers, repeats, warmup, uint8=False):
+    """Images/s of the DataLoader alone. ``uint8``: the workers stop before rescale/normalise
+    (what the pipeline does when ``split_processor`` allows it)."""
     from mmctr.embedding.images import ItemImageDataset, make_loader
 
     ids = list(range(1, len(paths) + 1))
-    loader = make_loader(ItemImageDataset(ids, paths, processor), batch_size, num_workers)
+    dataset = ItemImageDataset(ids, paths, processor, uint8=uint8)
+    loader = make_loader(dataset, batch_size, num_workers)
     times = []
     for r in range(warmup + repeats):
         t = time.perf_counter()

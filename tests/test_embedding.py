@@ -35,7 +35,9 @@ from mmctr.embedding.images import (
     OK,
     PADDING,
     ItemImageDataset,
+    PixelNorm,
     collate_items,
+    split_processor,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -454,3 +456,56 @@ def test_on_the_demo_data(tiny_clip: Path, tiny_data_copy: Path) -> None:
     n_corrupt = len(manifest) - n_missing
     n_ok = before.num_rows - 1 - len(manifest)
     assert s["counts"] == {"ok": n_ok, "missing": n_missing, "corrupt": n_corrupt, "padding": 1}
+
+
+def test_uint8_pixels_normalised_on_the_device_match_the_processor(tiny_clip, tmp_path):
+    """The workers' uint8 path + PixelNorm gives the processor's own float32 input, for
+    every kind of image in the test folder (grey, RGBA, odd sizes), and the features too."""
+    spec = describe_model(str(tiny_clip))
+    norm, why = split_processor(spec.processor)
+    assert isinstance(norm, PixelNorm), why
+    _, images = make_items(tmp_path)
+    ids = [i for i in range(1, N_ITEMS) if i not in MISSING_IDS | CORRUPT_IDS]
+    paths = [str(next(images.glob(f"{i}.*"))) for i in ids]
+    whole = collate_items(
+        [ItemImageDataset(ids, paths, spec.processor)[k] for k in range(len(ids))]
+    )
+    raw = collate_items(
+        [ItemImageDataset(ids, paths, spec.processor, uint8=True)[k] for k in range(len(ids))]
+    )
+    assert raw.pixel_values.dtype == torch.uint8 and whole.pixel_values.dtype == torch.float32
+    assert raw.pixel_values.element_size() * 4 == whole.pixel_values.element_size()
+    torch.testing.assert_close(norm(raw.pixel_values), whole.pixel_values, atol=1e-5, rtol=0)
+    extractor = ImageFeatureExtractor(load_image_model(spec), None, norm)
+    torch.testing.assert_close(
+        extractor(raw.pixel_values), extractor(whole.pixel_values), atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(TypeError, match="PixelNorm"):
+        ImageFeatureExtractor(load_image_model(spec))(raw.pixel_values)
+
+
+def test_split_processor_falls_back_when_it_cannot_reproduce_the_processor(tiny_clip):
+    spec = describe_model(str(tiny_clip))
+
+    class NoKeywords:  # an image processor that knows nothing of do_rescale / do_normalize
+        do_rescale, rescale_factor, do_normalize = True, 1 / 255, True
+        image_mean, image_std = [0.5] * 3, [0.5] * 3
+
+        def __call__(self, images, return_tensors="np"):
+            return {"pixel_values": np.zeros((1, 3, 8, 8), np.float32)}
+
+    class Wrong:  # claims CLIP's mean/std but normalises with others
+        def __init__(self, p):
+            self.p = p
+            self.do_rescale, self.rescale_factor = True, p.rescale_factor
+            self.do_normalize, self.image_mean, self.image_std = True, [0.1] * 3, [0.2] * 3
+
+        def __call__(self, images, **kw):
+            return self.p(images=images, **kw)
+
+    norm, why = split_processor(NoKeywords())
+    assert norm is None and "refused" in why
+    norm, why = split_processor(Wrong(spec.processor))
+    assert norm is None and "differs" in why
+    norm, why = split_processor(object())
+    assert norm is None and "no rescale" in why

@@ -230,18 +230,29 @@ def image_features_tensor(out: Any) -> torch.Tensor:
 
 
 class ImageFeatureExtractor(nn.Module):
-    """pixel_values (B, 3, H, W) -> projected image features (B, D), float32.
+    """pixel_values (B, 3, H, W) -> projected image features (B, D), float32. uint8 pixels
+    are first rescaled and normalised by ``pixel_norm`` (on each replica's device).
 
     This is the module DataParallel replicates; inference mode and autocast are entered here,
     inside each replica's thread (both are thread-local).
     """
 
-    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        amp_dtype: torch.dtype | None = None,
+        pixel_norm: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.amp_dtype = amp_dtype
+        self.pixel_norm = pixel_norm  # finishes uint8 pixels (images.split_processor)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dtype == torch.uint8:
+            if self.pixel_norm is None:
+                raise TypeError("uint8 pixels need the processor's PixelNorm")
+            pixel_values = self.pixel_norm(pixel_values)
         autocast = (
             torch.autocast(pixel_values.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None

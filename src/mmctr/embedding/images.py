@@ -10,9 +10,13 @@ Every item gets a status:
 Only ``ok`` items reach the model; every other item later gets an all-zero vector (a missing
 image is never replaced by a black image).
 
-Decoding runs in DataLoader workers (PIL, plus the processor's resize / crop / normalise);
+Decoding runs in DataLoader workers (PIL, plus the processor's resize and crop);
 :func:`collate_items` returns an :class:`ImageBatch` whose ``pixel_values`` hold the ``ok``
-rows only.
+rows only. When :func:`split_processor` finds that the processor's last two steps are a plain
+rescale and normalise (CLIP's are), the workers stop before them and ship uint8 pixels, a
+quarter of the float32 bytes through shared memory, pinned memory and the host-to-device copy;
+:class:`PixelNorm` then rescales and normalises on the device, reproducing the processor's own
+output (checked on a probe image before it is used).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ class ImageBatch(NamedTuple):
     """What :func:`collate_items` returns.
 
     item_ids: (B,) int64; status: (B,) int8 status codes;
-    pixel_values: (B_ok, 3, H, W) float32, the rows whose status is ``OK``, in batch order;
+    pixel_values: (B_ok, 3, H, W), the rows whose status is ``OK``, in batch order: float32
+    model input, or uint8 resized-and-cropped pixels that :class:`PixelNorm` finishes;
     errors: B strings (empty for ``ok``).
     """
 
@@ -128,22 +133,113 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
+# the processor's own output and PixelNorm's may differ by float32 rounding, nothing more
+PIXEL_NORM_ATOL = 1e-5
+
+
+class PixelNorm(torch.nn.Module):
+    """An image processor's rescale and normalise steps, run where the pixels are:
+    uint8 (B, 3, H, W) -> float32 ``(x * rescale_factor - mean) / std``.
+
+    A module, so ``.to(device)`` and DataParallel's replicas carry the mean and std.
+    """
+
+    def __init__(
+        self,
+        rescale_factor: float | None,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> None:
+        super().__init__()
+        self.rescale_factor = None if rescale_factor is None else float(rescale_factor)
+        self.normalize = mean is not None
+        shape = (1, -1, 1, 1)
+        m = torch.tensor(mean if mean is not None else [0.0], dtype=torch.float32).view(shape)
+        s = torch.tensor(std if std is not None else [1.0], dtype=torch.float32).view(shape)
+        self.register_buffer("mean", m, persistent=False)
+        self.register_buffer("std", s, persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float()
+        if self.rescale_factor is not None:
+            x = x * self.rescale_factor
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def _probe_image() -> Image.Image:
+    """A fixed, busy, non-square RGB picture (noise and gradients) to compare pipelines on."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:83, 0:131]
+    base = np.stack([xx * 255 / 130, yy * 255 / 82, (xx + yy) % 256], axis=-1)
+    noisy = base + rng.normal(0, 40, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def split_processor(processor: Any) -> tuple[PixelNorm | None, str]:
+    """(PixelNorm, why) when ``processor`` can stop before its rescale / normalise steps and
+    :class:`PixelNorm` finishes them with the same result; (None, why) otherwise, and the
+    workers run the whole processor.
+
+    The check is empirical, on :func:`_probe_image`: the processor called with
+    ``do_rescale=False, do_normalize=False`` must return uint8 pixels, and PixelNorm of them
+    must match the processor's full output to ``PIXEL_NORM_ATOL``.
+    """
+    attrs = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
+    if not all(hasattr(processor, a) for a in attrs):
+        return None, f"{type(processor).__name__} has no rescale/normalise settings"
+    norm = PixelNorm(
+        processor.rescale_factor if processor.do_rescale else None,
+        processor.image_mean if processor.do_normalize else None,
+        processor.image_std if processor.do_normalize else None,
+    )
+    img = _probe_image()
+    try:
+        full = np.asarray(processor(images=img, return_tensors="np")["pixel_values"])
+        raw = np.asarray(
+            processor(images=img, return_tensors="np", do_rescale=False, do_normalize=False)[
+                "pixel_values"
+            ]
+        )
+    except Exception as exc:  # a processor that refuses the keywords: use it whole
+        return None, f"{type(processor).__name__} refused do_rescale/do_normalize ({exc})"
+    if raw.dtype != np.uint8 or raw.shape != full.shape:
+        return None, f"{type(processor).__name__} gives {raw.dtype} {raw.shape} before rescaling"
+    ours = norm(torch.from_numpy(raw)).numpy()
+    err = float(np.abs(ours - full).max())
+    if not err <= PIXEL_NORM_ATOL:
+        return None, f"normalising on the device differs from the processor by {err:.2e}"
+    return (
+        norm,
+        f"uint8 pixels from the workers, rescale/normalise on the device (max diff {err:.1e})",
+    )
+
+
 class ItemImageDataset(torch.utils.data.Dataset):
     """Items -> (item_id, pixel tensor (3, H, W) or None, status code, error text).
 
     ``paths[i]`` is the image of ``item_ids[i]`` (None = missing). ``processor`` is the
-    model's image processor (a transformers ``ImageProcessor``), called on one RGB image.
+    model's image processor (a transformers ``ImageProcessor``), called on one RGB image:
+    whole (float32 model input), or with ``uint8=True`` without its rescale / normalise
+    steps (uint8 pixels for :class:`PixelNorm`; see :func:`split_processor`).
     Item id 0 is the padding row and is never read.
     """
 
     def __init__(
-        self, item_ids: Sequence[int], paths: Sequence[str | None], processor: Any
+        self,
+        item_ids: Sequence[int],
+        paths: Sequence[str | None],
+        processor: Any,
+        uint8: bool = False,
     ) -> None:
         if len(item_ids) != len(paths):
             raise ValueError("item_ids and paths differ in length")
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
         self.paths = list(paths)
         self.processor = processor
+        self.uint8 = uint8
+        self._kwargs = {"do_rescale": False, "do_normalize": False} if uint8 else {}
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -157,8 +253,9 @@ class ItemImageDataset(torch.utils.data.Dataset):
             return item_id, None, MISSING, ""
         try:
             img = decode_image(path)
-            pixels = self.processor(images=img, return_tensors="np")["pixel_values"][0]
-            tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+            pixels = self.processor(images=img, return_tensors="np", **self._kwargs)
+            dtype = np.uint8 if self.uint8 else np.float32
+            tensor = torch.from_numpy(np.ascontiguousarray(pixels["pixel_values"][0], dtype=dtype))
         except FileNotFoundError as exc:  # deleted between the folder scan and now
             return item_id, None, MISSING, _one_line(exc)
         except Exception as exc:  # any decoder failure means a corrupt file

@@ -55,6 +55,7 @@ from mmctr.embedding.images import (
     index_image_dir,
     make_loader,
     refs_fingerprint,
+    split_processor,
 )
 from mmctr.embedding.pca import fit_pca, project, save_pca
 from mmctr.utils import atomic_open, atomic_write_parquet, get_logger
@@ -241,19 +242,25 @@ def _encode(
     num_workers: int,
     progress: bool,
     log: Any,
+    device_normalize: bool = True,
 ) -> tuple[int, float]:
     """Encode the items of ``shards`` and write one cache file per shard as soon as its last
-    item is done. Returns (images sent to the model, seconds)."""
+    item is done. Returns (images sent to the model, seconds). ``device_normalize``: let the
+    workers ship uint8 pixels when :func:`split_processor` allows it."""
     from tqdm.auto import tqdm
 
     model = load_image_model(spec)
-    extractor = ImageFeatureExtractor(model, amp_dtype)
+    pixel_norm, how = split_processor(spec.processor) if device_normalize else (None, "off")
+    log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
+    extractor = ImageFeatureExtractor(model, amp_dtype, pixel_norm)
     runner = make_parallel(extractor, devices)
     raw_dim = spec.raw_dim or _probe_raw_dim(runner, spec.processor)
 
     rows = np.concatenate([np.arange(s.start, s.stop) for s in shards])
     ends = np.cumsum([s.stop - s.start for s in shards])
-    dataset = ItemImageDataset(ids[rows], [paths[r] for r in rows], spec.processor)
+    dataset = ItemImageDataset(
+        ids[rows], [paths[r] for r in rows], spec.processor, uint8=pixel_norm is not None
+    )
     loader = make_loader(dataset, batch_size, num_workers, pin_memory=devices[0].type == "cuda")
     log.info(
         "encoding %d items (%d shard(s)) with %s on %s, batch %d, %d decode worker(s)",

@@ -138,7 +138,9 @@ class StepRunner:
     ``max_gradient_norm``, Adam (``make_optimizer``), zero the gradients.
     """
 
-    def __init__(self, cfg, items, split, device, bf16: bool) -> None:
+    def __init__(
+        self, cfg, items, split, device, bf16: bool, sequence_chunks: bool | None = None
+    ) -> None:
         import torch
 
         from mmctr.data.batching import BatchLoader
@@ -151,6 +153,8 @@ class StepRunner:
         self.min_seq_len = int(getattr(cfg.model, "first_k_cols", 1) or 1)
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model, cfg.dataset, items).to(device)
+        if sequence_chunks is not None and hasattr(self.model, "sequence"):
+            self.model.sequence.length_chunks = sequence_chunks  # default: by device
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = make_optimizer(
             t.optimizer, self.model.parameters(), t.learning_rate, t.weight_decay
@@ -229,11 +233,13 @@ def measure_train(
     warmup_steps: int = 1,
     breakdown: bool = True,
     keep_model: bool = False,
+    sequence_chunks: bool | None = None,
 ) -> dict[str, Any]:
     """Samples/s of the training step (median of ``repeats`` runs of ``steps`` steps after
-    ``warmup_steps``), and where a step's time goes."""
+    ``warmup_steps``), and where a step's time goes. ``sequence_chunks`` forces the
+    sequence encoder's length chunking on or off (default: off under CUDA bf16, else on)."""
     t = time.perf_counter()
-    runner = StepRunner(cfg, items, split, device, bf16)
+    runner = StepRunner(cfg, items, split, device, bf16, sequence_chunks)
     build_s = time.perf_counter() - t
     runner.run_steps(warmup_steps)
     on_cpu = device.type == "cpu"
@@ -267,6 +273,11 @@ def measure_train(
         "model_build_seconds": build_s,
         "optimizer": type(runner.optimizer).__name__,
     }
+    seq = getattr(runner.model, "sequence", None)
+    if seq is not None:
+        chunks = seq.length_chunks
+        default = not (device.type == "cuda" and bf16)  # SequenceEncoder's default
+        out["sequence_chunks"] = default if chunks is None else bool(chunks)
     if shares:
         out["breakdown"] = {k: bd.median([s[k] for s in shares]) for k in shares[0]}
     runner.close()
@@ -365,7 +376,10 @@ def measure_embed(
         folder = Path(tmp) / "images"
         make_images(folder, n_images, size)
         paths = [str(folder / f"{i}.jpg") for i in range(1, n_images + 1)]
-        rate, sec = bench_decode(processor, paths, 8, workers, repeats, 1)
+        # side by side: the pipeline's path (uint8 from the workers, normalised on the device)
+        # and the whole processor in the workers (float32 pixels)
+        rate, sec = bench_decode(processor, paths, 8, workers, repeats, 1, uint8=True)
+        rate_f32, sec_f32 = bench_decode(processor, paths, 8, workers, repeats, 1)
     out["decode_images_per_s"] = rate
     out["decode"] = {
         "images": n_images,
@@ -373,6 +387,9 @@ def measure_embed(
         "workers": workers,
         "seconds": sec,
         "processor_crop": crop,
+        "pixels": "uint8 (rescale/normalise on the device)",
+        "whole_processor_images_per_s": rate_f32,
+        "speedup_vs_whole_processor": rate / rate_f32,
     }
     devices = (
         [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
@@ -630,8 +647,9 @@ def run(args) -> dict[str, Any]:
         emb = measure_embed(quick=quick, repeats=repeats, device=device)
         result["embed"] = emb
         log(
-            f"embed: decode {emb['decode_images_per_s']:,.1f} images/s "
-            f"({emb['decode']['workers']} workers, {emb['decode']['image_size'][0]}x"
+            f"embed: decode {emb['decode_images_per_s']:,.1f} images/s, "
+            f"{emb['decode']['speedup_vs_whole_processor']:.2f}x the whole processor in the "
+            f"workers ({emb['decode']['workers']} workers, {emb['decode']['image_size'][0]}x"
             f"{emb['decode']['image_size'][1]} JPEGs); ViT-B/32 {emb['vitb32_images_per_s']:,.1f} "
             f"images/s (batch {emb['vitb32']['batch_size']}, {', '.join(emb['vitb32']['devices'])})"
         )

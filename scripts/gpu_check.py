@@ -8,19 +8,23 @@
 Made for one H200 with 16 CPU cores and no network, to finish in under 8 minutes. Stages,
 each with a time budget (seconds; the slack of a stage carries to the next ones):
 
-1. data (120): the ``full`` preset of the demo generator without images (3.6M / 10K / 379K
+1. data (60): the ``full`` preset of the demo generator without images (3.6M / 10K / 379K
    rows, 91,718 items) into <out-dir>/full/ (kept between runs on the same machine);
-2. load (40): read time and peak RSS of the reader in a subprocess, the loader-only rate;
-3. train (170): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
+2. load (30): read time and peak RSS of the reader in a subprocess, the loader-only rate;
+3. train (260): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
    bf16: timed optimizer steps (median of 3 after warm-up) give samples/s and the epoch
-   time EXTRAPOLATED from them; then, cheapest first, the combinations whose estimated
-   epoch fits the remaining budget run one real epoch through ``train(cfg)`` (overrides
-   ``epochs=1 bf16=...``), which also reports valid/test AUC. Every figure says whether it
-   was measured over a whole epoch or extrapolated;
-4. predict (30): ``predict_submission`` for a trained seed run (the test split, file order,
+   time EXTRAPOLATED from them; the seed bf16 steps once more with the sequence encoder's
+   length chunking forced on (the default in fp32) for a side-by-side ratio; then, cheapest
+   first, the combinations whose estimated epoch fits the remaining budget run one real
+   epoch through ``train(cfg)`` (overrides ``epochs=1 bf16=...``), which also reports
+   valid/test AUC. Every figure says whether it was measured over a whole epoch or
+   extrapolated;
+4. predict (20): ``predict_submission`` for a trained seed run (the test split, file order,
    CSV + zip), and ``predict_probs`` over the whole test split;
-5. embed (70): ~20,000 item images written by the demo generator's image writer, a
-   ViT-B/32 CLIP with random weights, and ``generate_embeddings`` on every visible GPU.
+5. embed (60): ~20,000 item images written by the demo generator's image writer, a
+   ViT-B/32 CLIP with random weights, and ``generate_embeddings`` on every visible GPU;
+   then the decode-only rate of the workers on 4,000 of the images, uint8 pixels (the
+   pipeline's path) against the whole processor (float32 pixels), side by side.
 
 Prints every figure and writes them to $OUT/gpu_check.json when $OUT is set (after every
 stage, so a run cut short still leaves what it measured), else to <out-dir>/gpu_check.json.
@@ -44,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import bench_data as bd  # noqa: E402
 
-GPU_BUDGETS = {"data": 120, "load": 40, "train": 170, "predict": 30, "embed": 70}
+GPU_BUDGETS = {"data": 60, "load": 30, "train": 260, "predict": 20, "embed": 60}
 CPU_BUDGETS = {"data": 30, "load": 20, "train": 90, "predict": 20, "embed": 60}
 COMBOS = [("seed", True), ("seed", False), ("rank1", True), ("rank1", False)]
 log = bd.log
@@ -199,6 +203,37 @@ def stage_train(
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()
+    # 1b) the CPU's sequence chunking on the GPU, side by side with the default
+    if on_gpu and budget.left("train") > 60:
+        cfg = bd.bench_config(
+            bench.EXPERIMENTS["seed"], data_dir, _overrides(root, "seed", True, arch)
+        )
+        r = bench.measure_train(
+            cfg,
+            items,
+            split,
+            device,
+            bf16=True,
+            steps=steps["seed"],
+            repeats=3,
+            warmup_steps=warmup,
+            breakdown=False,
+            sequence_chunks=True,
+        )
+        base = out["runs"].get("seed_bf16", {}).get("samples_per_s")
+        out["seed_bf16_sequence_chunks_on"] = {
+            "samples_per_s": r["samples_per_s"],
+            "step_seconds": r["step_seconds"],
+            "default_over_chunks_on": base / r["samples_per_s"] if base else None,
+        }
+        log(
+            f"seed_bf16 with length chunks forced on: {r['samples_per_s']:,.0f} samples/s "
+            f"(default is {base / r['samples_per_s']:.2f}x that)"
+            if base
+            else ""
+        )
+        gc.collect()
+        torch.cuda.empty_cache()
     # 2) real epochs, cheapest first, while the budget allows
     load_s = ctx.get("load_seconds", 10.0)
     measured = [(k, v) for k, v in out["runs"].items() if "epoch_seconds_extrapolated" in v]
@@ -345,6 +380,29 @@ def stage_embed(root: Path, device, dry: bool, budget: Budget) -> dict[str, Any]
         "counts": s["counts"],
         "explained_variance": s["explained_variance"],
     }
+    # decode only, side by side: uint8 pixels (the pipeline's path) vs the whole processor
+    from bench_embed import bench_decode
+
+    from mmctr.embedding.encoder import describe_model
+    from mmctr.embedding.images import split_processor
+
+    processor = describe_model(str(model_dir)).processor
+    out["preprocessing"] = split_processor(processor)[1]
+    k = min(n_images, 4000)
+    paths = [str(p) for p in sorted((img_root / "item_images").glob("*.jpg"))][:k]
+    if budget.left("embed") > 15:
+        u8, _ = bench_decode(processor, paths, 256, workers, 1, 0, uint8=True)
+        f32, _ = bench_decode(processor, paths, 256, workers, 1, 0)
+        out["decode_only"] = {
+            "images": len(paths),
+            "uint8_images_per_s": u8,
+            "whole_processor_images_per_s": f32,
+            "ratio": u8 / f32,
+        }
+        log(
+            f"decode only ({len(paths)} images, {workers} workers): uint8 {u8:,.0f}/s, "
+            f"whole processor {f32:,.0f}/s ({u8 / f32:.2f}x)"
+        )
     log(
         f"generate_embeddings ({arch}, {len(s['devices'])} device(s), amp {s['amp']}, "
         f"{workers} workers): {s['images_encoded']:,} images in {s['encode_seconds']:.1f} s "

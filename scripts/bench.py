@@ -139,7 +139,14 @@ class StepRunner:
     """
 
     def __init__(
-        self, cfg, items, split, device, bf16: bool, sequence_chunks: bool | None = None
+        self,
+        cfg,
+        items,
+        split,
+        device,
+        bf16: bool,
+        sequence_chunks: bool | None = None,
+        untrimmed: bool = False,
     ) -> None:
         import torch
 
@@ -155,6 +162,10 @@ class StepRunner:
         self.model = build_model(cfg.model, cfg.dataset, items).to(device)
         if sequence_chunks is not None and hasattr(self.model, "sequence"):
             self.model.sequence.length_chunks = sequence_chunks  # default: by device
+        if untrimmed:  # the peers' compute: every history column through the Transformer
+            self.model.min_seq_len = int(cfg.trainer.max_len or 100)
+            if hasattr(self.model, "sequence"):
+                self.model.sequence.length_chunks = False
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = make_optimizer(
             t.optimizer, self.model.parameters(), t.learning_rate, t.weight_decay
@@ -166,7 +177,7 @@ class StepRunner:
             seed=t.seed,
             device=device,
             min_seq_len=self.min_seq_len,
-            trim_padding=t.trim_padding,
+            trim_padding=t.trim_padding and not untrimmed,
             bucket_by_length=t.bucket_by_length,
             on_device=t.data_on_device,
             pin_memory=t.pin_memory,
@@ -234,12 +245,14 @@ def measure_train(
     breakdown: bool = True,
     keep_model: bool = False,
     sequence_chunks: bool | None = None,
+    untrimmed: bool = False,
 ) -> dict[str, Any]:
     """Samples/s of the training step (median of ``repeats`` runs of ``steps`` steps after
     ``warmup_steps``), and where a step's time goes. ``sequence_chunks`` forces the
-    sequence encoder's length chunking on or off (default: off under CUDA bf16, else on)."""
+    sequence encoder's length chunking on or off (default: off under CUDA bf16, else on).
+    ``untrimmed``: no padding removal anywhere (the peers' compute pattern)."""
     t = time.perf_counter()
-    runner = StepRunner(cfg, items, split, device, bf16, sequence_chunks)
+    runner = StepRunner(cfg, items, split, device, bf16, sequence_chunks, untrimmed)
     build_s = time.perf_counter() - t
     runner.run_steps(warmup_steps)
     on_cpu = device.type == "cpu"
@@ -455,7 +468,9 @@ def print_table(result: dict[str, Any]) -> None:
         ("load peak RSS (GB, subprocess)", _get(result, "loader.peak_rss_gb")),
         ("peer fuxictr loader (samples/s)", _get(result, "peer.fuxictr_loader.samples_per_s")),
         ("train seed, fp32 (samples/s)", _get(result, "train.seed.samples_per_s")),
+        ("  same, untrimmed (peers' compute)", _get(result, "train.seed.untrimmed.samples_per_s")),
         ("train rank-1, fp32 (samples/s)", _get(result, "train.rank1.samples_per_s")),
+        ("  same, untrimmed (peers' compute)", _get(result, "train.rank1.untrimmed.samples_per_s")),
     ]
     pair = _get(result, "train.bf16_pair") or {}
     for prec in ("fp32", "bf16"):
@@ -602,6 +617,34 @@ def run(args) -> dict[str, Any]:
                 f"{pred['eval_batch_size']}): {pred['samples_per_s']:,.1f} samples/s"
             )
             del runner
+
+    # ---- the same steps without padding removal: the peers' compute pattern, side by side
+    for name, expid in EXPERIMENTS.items():
+        tcfg = bd.bench_config(expid, data_dir, [*arch, "bf16=false"])
+        ut = measure_train(
+            tcfg,
+            items,
+            train,
+            device,
+            bf16=False,
+            steps=steps[name],
+            repeats=1,
+            breakdown=False,
+            untrimmed=True,
+        )
+        ours = result["train"][name]
+        ours["untrimmed"] = {
+            "samples_per_s": ut["samples_per_s"],
+            "step_seconds": ut["step_seconds"],
+            "repeats": 1,
+            "what": "same model and batches, every history column through the Transformer "
+            "(no trimming, no length chunks): the peers' compute pattern",
+        }
+        ours["speedup_vs_untrimmed"] = ours["samples_per_s"] / ut["samples_per_s"]
+        log(
+            f"train {name:5s} untrimmed (the peers' compute pattern): "
+            f"{ut['samples_per_s']:,.1f} samples/s -> ours {ours['speedup_vs_untrimmed']:.2f}x"
+        )
 
     # ---- fp32 against bf16 on the same step
     native = native_bf16(device)

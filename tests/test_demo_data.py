@@ -221,3 +221,23 @@ def test_fast_auc_matches_sklearn():
     p = np.round(rng.random(5000) + 0.3 * y, 2)  # many ties
     assert demo._auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert np.isnan(demo._auc(np.zeros(5), np.arange(5)))
+
+
+def test_ceiling_script_reproduces_the_oracle_and_orders_the_ceilings(tiny_data):
+    """scripts/demo_ceiling.py re-implements the click formula vectorised: with the true z it
+    must give exactly the oracle's AUC (it would not if the formula drifted from the
+    generator's), and revealing less of z must not score above the oracle."""
+    from tests.conftest import TINY_SEED
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_ceiling", REPO / "scripts" / "demo_ceiling.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.ceilings(
+        tiny_data, tiny_data / "item_info.parquet", "item_emb_d128", "tiny", TINY_SEED
+    )
+    assert res["exact formula, true z"] == pytest.approx(res["oracle"], abs=1e-9)
+    for key in ("embedding", "topic", "embedding + topic", "item part only"):
+        assert 0.5 < res[key] < res["oracle"], key
+    assert 0 < res["r2"]["embedding"] < res["r2"]["embedding + topic"] <= 1

@@ -10,7 +10,8 @@
 3. stage 2: train the default demo experiment (config/demo, Transformer_DCN_demo);
 4. predict the test split into submission/demo/;
 5. print valid/test AUC next to the oracle AUC (the AUC of the true click probabilities the
-   labels were drawn from) and the path of every output.
+   labels were drawn from), the ceiling of what the features reveal
+   (``scripts/demo_ceiling.py``) and the path of every output.
 
 Idempotent: a rerun reuses the data, the CLIP, the cached image features and a finished run.
 Use ``--retrain`` to train again, ``--expid`` for another demo experiment.
@@ -161,6 +162,18 @@ def main(argv: list[str] | None = None) -> int:
             f"valid cold-item rows ({v['cold_rows']}): AUC {v['cold_AUC']:.5f}; warm rows: {v['warm_AUC']:.5f}"
         )
     print(f"submission test AUC: {sub.get('test_AUC', float('nan')):.5f} ({sub['rows']} rows)")
+    try:  # what the features can reveal of the oracle's latent content (scripts/demo_ceiling.py)
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from demo_ceiling import ceilings
+
+        c = ceilings(data_dir, data_dir / "item_info.parquet", "item_emb_d128", "demo", args.seed)
+        print(
+            f"valid ceiling with the exact click formula and what the features reveal of the "
+            f"latent content: {c['embedding + topic']:.5f} (embedding + topic), "
+            f"{c['embedding']:.5f} (embedding alone); see scripts/demo_ceiling.py"
+        )
+    except Exception as exc:  # informative only: never fail the demo on it
+        print(f"(ceiling not computed: {type(exc).__name__}: {exc})")
     print("\noutputs:")
     for k, path in outputs.items():
         print(f"  {k:<32} {path}")

@@ -584,20 +584,17 @@ def run(args) -> dict[str, Any]:
     if args.train_steps:
         steps = dict.fromkeys(steps, args.train_steps)
     result["train"] = {}
-    for name, expid in EXPERIMENTS.items():
+
+    def fp32_steps(name: str, **kwargs) -> dict[str, Any]:
+        """measure_train for experiment ``name`` in fp32 on the bench's training split."""
+        expid = EXPERIMENTS[name]
         tcfg = bd.bench_config(expid, data_dir, [*arch, "bf16=false"])
         if tcfg.trainer.max_len != cfg.trainer.max_len:
             raise SystemExit(f"{expid}: max_len {tcfg.trainer.max_len} differs from the loader's")
-        tr = measure_train(
-            tcfg,
-            items,
-            train,
-            device,
-            bf16=False,
-            steps=steps[name],
-            repeats=repeats,
-            keep_model=name == "seed",
-        )
+        return measure_train(tcfg, items, train, device, bf16=False, steps=steps[name], **kwargs)
+
+    for name, expid in EXPERIMENTS.items():
+        tr = fp32_steps(name, repeats=repeats, keep_model=name == "seed")
         runner = tr.pop("_runner", None)
         if quick:
             tr["overrides"] = small
@@ -619,19 +616,8 @@ def run(args) -> dict[str, Any]:
             del runner
 
     # ---- the same steps without padding removal: the peers' compute pattern, side by side
-    for name, expid in EXPERIMENTS.items():
-        tcfg = bd.bench_config(expid, data_dir, [*arch, "bf16=false"])
-        ut = measure_train(
-            tcfg,
-            items,
-            train,
-            device,
-            bf16=False,
-            steps=steps[name],
-            repeats=1,
-            breakdown=False,
-            untrimmed=True,
-        )
+    for name in EXPERIMENTS:
+        ut = fp32_steps(name, repeats=1, breakdown=False, untrimmed=True)
         ours = result["train"][name]
         ours["untrimmed"] = {
             "samples_per_s": ut["samples_per_s"],

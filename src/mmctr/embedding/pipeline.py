@@ -242,15 +242,14 @@ def _encode(
     num_workers: int,
     progress: bool,
     log: Any,
-    device_normalize: bool = True,
 ) -> tuple[int, float]:
     """Encode the items of ``shards`` and write one cache file per shard as soon as its last
-    item is done. Returns (images sent to the model, seconds). ``device_normalize``: let the
-    workers ship uint8 pixels when :func:`split_processor` allows it."""
+    item is done. Returns (images sent to the model, seconds). The workers ship uint8 pixels
+    when :func:`split_processor` allows it."""
     from tqdm.auto import tqdm
 
     model = load_image_model(spec)
-    pixel_norm, how = split_processor(spec.processor) if device_normalize else (None, "off")
+    pixel_norm, how = split_processor(spec.processor)
     log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
     extractor = ImageFeatureExtractor(model, amp_dtype, pixel_norm)
     runner = make_parallel(extractor, devices)

@@ -37,6 +37,7 @@ matrix products (very slowly); there the fp32/bf16 pair uses the demo architectu
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -135,7 +136,8 @@ class StepRunner:
 
     One step: take the next shuffled batch, forward under ``autocast_ctx``, BCE on the float
     logits (mean over the batch: accumulation_steps 1), backward, clip to the config's
-    ``max_gradient_norm``, Adam (``make_optimizer``), zero the gradients.
+    ``max_gradient_norm``, Adam (``make_optimizer``) through the trainer's on-device NaN
+    guard, zero the gradients. The host reads the guard once per ``run_steps``.
     """
 
     def __init__(
@@ -147,11 +149,13 @@ class StepRunner:
         bf16: bool,
         sequence_chunks: bool | None = None,
         untrimmed: bool = False,
+        host_syncs: bool = False,
     ) -> None:
         import torch
 
         from mmctr.data.batching import BatchLoader
         from mmctr.models import build_model
+        from mmctr.training.guard import DivergenceGuard
         from mmctr.training.trainer import make_optimizer
 
         t = cfg.trainer
@@ -183,42 +187,73 @@ class StepRunner:
             pin_memory=t.pin_memory,
         )
         self.batches = _cycle(self.loader)
+        # host_syncs: the step as it was before the guard, with two host waits per step (the
+        # model reading the longest history, the trainer reading the loss): side by side.
+        self.host_syncs = host_syncs
+        self.guard = DivergenceGuard(self.optimizer, device, sync_every_step=host_syncs)
+        self.steps_done = 0
         self.sync = _sync_fn(device)
         names = [n for n in PROFILED if hasattr(self.model, n)]
         self.timer = ModuleTimer(self.model, names, self.sync)
         self.clip = t.max_gradient_norm
         self.model.train()
 
-    def step(self, parts: dict[str, float] | None = None) -> int:
-        """One optimizer step; adds loader/optimizer seconds to ``parts``; returns samples."""
-        import torch
+    def step(self, parts: dict[str, float] | None = None, batch: dict | None = None) -> int:
+        """One optimizer step (on the next batch, or ``batch``); adds loader/optimizer
+        seconds to ``parts``; returns samples."""
         from torch import nn
 
+        from mmctr.data.dataset import HISTORY_COL
+        from mmctr.models.base import trim_leading_padding
         from mmctr.training.trainer import autocast_ctx
 
         t0 = time.perf_counter()
-        batch = next(self.batches)
+        if batch is None:
+            batch = next(self.batches)
         if parts is not None:
             self.sync()
             t1 = time.perf_counter()
             parts["loader"] = parts.get("loader", 0.0) + t1 - t0
+        if self.host_syncs:
+            batch[HISTORY_COL] = trim_leading_padding(batch[HISTORY_COL], self.min_seq_len)
         with autocast_ctx(self.device, self.bf16):
             logits = self.model(batch)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
-        loss.backward()
+        rows = int(batch["label"].shape[0])
+        bce = nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), batch["label"], reduction="sum"
+        )
+        (bce / rows).backward()
+        self.guard.add(bce, rows)
+        if self.host_syncs and not math.isfinite(float(bce.detach())):
+            raise FloatingPointError("loss became non-finite in the benchmark")
         if parts is not None:
             self.sync()
             t2 = time.perf_counter()
+        norm = None
         if self.clip and self.clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.optimizer.step()
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.guard.step(self.steps_done, norm)
         self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
         if parts is not None:
             self.sync()
             parts["optimizer"] = parts.get("optimizer", 0.0) + time.perf_counter() - t2
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(f"loss became {loss.item()} in the benchmark")
-        return int(batch["label"].shape[0])
+        return rows
+
+    def host_waits(self) -> dict[str, int]:
+        """Ops of one step (the loader excluded) whose value the host waits for, by name."""
+        from mmctr.training.guard import HostWaits
+
+        batch = next(self.batches)
+        with HostWaits(self.device) as waits:
+            self.step(batch=batch)
+        return dict(waits.ops)
+
+    def check(self) -> None:
+        """Raise if any step so far had a non-finite loss (one host wait)."""
+        _, _, first_bad = self.guard.read()
+        if first_bad is not None:
+            raise FloatingPointError(f"loss became non-finite at benchmark step {first_bad}")
 
     def run_steps(self, n: int, parts: dict[str, float] | None = None) -> tuple[int, float]:
         """(samples, seconds) of ``n`` steps, synchronised at both ends."""
@@ -226,7 +261,9 @@ class StepRunner:
         t = time.perf_counter()
         samples = sum(self.step(parts) for _ in range(n))
         self.sync()
-        return samples, time.perf_counter() - t
+        sec = time.perf_counter() - t
+        self.check()
+        return samples, sec
 
     def close(self) -> None:
         self.timer.remove()
@@ -246,15 +283,18 @@ def measure_train(
     keep_model: bool = False,
     sequence_chunks: bool | None = None,
     untrimmed: bool = False,
+    host_syncs: bool = False,
 ) -> dict[str, Any]:
     """Samples/s of the training step (median of ``repeats`` runs of ``steps`` steps after
     ``warmup_steps``), and where a step's time goes. ``sequence_chunks`` forces the
     sequence encoder's length chunking on or off (default: off under CUDA bf16, else on).
-    ``untrimmed``: no padding removal anywhere (the peers' compute pattern)."""
+    ``untrimmed``: no padding removal anywhere (the peers' compute pattern).
+    ``host_syncs``: the step with the two host waits it had before the on-device guard."""
     t = time.perf_counter()
-    runner = StepRunner(cfg, items, split, device, bf16, sequence_chunks, untrimmed)
+    runner = StepRunner(cfg, items, split, device, bf16, sequence_chunks, untrimmed, host_syncs)
     build_s = time.perf_counter() - t
     runner.run_steps(warmup_steps)
+    waits = runner.host_waits()
     on_cpu = device.type == "cpu"
     rates, step_secs, shares = [], [], []
     for _ in range(repeats):
@@ -285,6 +325,9 @@ def measure_train(
         "warmup_steps": warmup_steps,
         "model_build_seconds": build_s,
         "optimizer": type(runner.optimizer).__name__,
+        # free on the CPU (the model trims there, chunking reads lengths); stalls on a GPU
+        "host_waits_per_step": sum(waits.values()),
+        "host_waits_by_op": waits,
     }
     seq = getattr(runner.model, "sequence", None)
     if seq is not None:

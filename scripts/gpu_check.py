@@ -13,8 +13,9 @@ each with a time budget (seconds; the slack of a stage carries to the next ones)
 2. load (30): read time and peak RSS of the reader in a subprocess, the loader-only rate;
 3. train (260): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
    bf16: timed optimizer steps (median of 3 after warm-up) give samples/s and the epoch
-   time EXTRAPOLATED from them; the seed bf16 steps once more with the sequence encoder's
-   length chunking forced on (the default in fp32) for a side-by-side ratio; then, cheapest
+   time EXTRAPOLATED from them; a profile of 5 seed bf16 steps (device-busy share, kernel
+   launches, top kernels); the seed bf16 steps once more in each variant of SIDE_BY_SIDE
+   (length chunking forced on; the host waits of the old step) for ratios; then, cheapest
    first, the combinations whose estimated epoch fits the remaining budget run one real
    epoch through ``train(cfg)`` (overrides ``epochs=1 bf16=...``), which also reports
    valid/test AUC. Every figure says whether it was measured over a whole epoch or
@@ -146,6 +147,76 @@ def stage_load(data_dir: Path, ctx: dict[str, Any], dry: bool) -> dict[str, Any]
     }
 
 
+# seed bf16 step variants measured side by side with the default: name -> (kwargs, what)
+SIDE_BY_SIDE = {
+    "sequence_chunks_on": (
+        {"sequence_chunks": True},
+        "length chunks forced on (the default in fp32)",
+    ),
+    "host_syncs": (
+        {"host_syncs": True},
+        "two host waits per step (the step before the on-device NaN guard)",
+    ),
+}
+
+
+def profile_steps(runner, steps: int) -> dict[str, Any]:
+    """torch.profiler over ``steps`` training steps: wall and device-busy time per step,
+    kernel launches per step, and the kernels/ops that take the most device (else CPU) time."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = runner.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    runner.sync()
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        runner.run_steps(steps)
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+
+    def dev(e) -> float:  # microseconds; the attribute was renamed in torch 2.4
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)))
+
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # device-side rows
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key)
+    busy = sum(dev(e) for e in kernels) / 1e6
+    key = dev if on_gpu else (lambda e: float(e.self_cpu_time_total))
+    top = sorted(kernels if on_gpu else events, key=key, reverse=True)[:15]
+    return {
+        "steps": steps,
+        "wall_ms_per_step": wall / steps * 1e3,
+        "device_busy_ms_per_step": busy / steps * 1e3 if on_gpu else None,
+        "device_busy_fraction": busy / wall if on_gpu else None,
+        "kernel_launches_per_step": launches / steps,
+        "top": [
+            {
+                "name": e.key[:80],
+                "calls_per_step": e.count / steps,
+                "ms_per_step": key(e) / steps / 1e3,
+            }
+            for e in top
+        ],
+        "note": "profiler overhead inflates wall time; the device-busy share is the figure to read",
+        "torch": torch.__version__,
+    }
+
+
+def describe_profile(p: dict[str, Any]) -> str:
+    lines = [f"profile ({p['steps']} steps): {p['wall_ms_per_step']:.1f} ms/step wall"]
+    if p["device_busy_ms_per_step"] is not None:
+        lines[0] += (
+            f", device busy {p['device_busy_ms_per_step']:.1f} ms/step "
+            f"({p['device_busy_fraction']:.0%}), {p['kernel_launches_per_step']:.0f} launches/step"
+        )
+    for row in p["top"][:10]:
+        lines.append(
+            f"    {row['ms_per_step']:8.2f} ms  x{row['calls_per_step']:<6.1f} {row['name']}"
+        )
+    return "\n".join(lines)
+
+
 def _overrides(root: Path, name: str, bf16: bool, arch: list[str]) -> list[str]:
     """One epoch, the precision, and a run folder of its own for each combination."""
     ckpt = root / "checkpoints" / f"{name}_{'bf16' if bf16 else 'fp32'}"
@@ -203,9 +274,16 @@ def stage_train(
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()
-    # 1b) bf16 with the sequence encoder's length chunking forced on, side by side with the
-    #     default (off under CUDA bf16)
-    if on_gpu and budget.left("train") > 60:
+    # 1b) where the seed bf16 step's wall time goes: device busy time against host time
+    runner = ctx.get("predict_runner")
+    if runner is not None and budget.left("train") > 60:
+        prof = profile_steps(runner, 5 if on_gpu else 1)
+        out["seed_bf16_profile" if on_gpu else "seed_profile"] = prof
+        log(describe_profile(prof))
+    # 1c) variants of the seed bf16 step, side by side with the default (same batches)
+    for variant, (kwargs, what) in SIDE_BY_SIDE.items():
+        if not on_gpu or budget.left("train") < 60:
+            continue
         cfg = bd.bench_config(
             bench.EXPERIMENTS["seed"], data_dir, _overrides(root, "seed", True, arch)
         )
@@ -219,18 +297,21 @@ def stage_train(
             repeats=3,
             warmup_steps=warmup,
             breakdown=False,
-            sequence_chunks=True,
+            **kwargs,
         )
         base = out["runs"].get("seed_bf16", {}).get("samples_per_s")
         ratio = base / r["samples_per_s"] if base else None
-        out["seed_bf16_sequence_chunks_on"] = {
+        out[f"seed_bf16_{variant}"] = {
+            "what": what,
             "samples_per_s": r["samples_per_s"],
             "step_seconds": r["step_seconds"],
-            "default_over_chunks_on": ratio,
+            "host_waits_per_step": r["host_waits_per_step"],
+            "default_over_variant": ratio,
         }
         log(
-            f"seed_bf16 with length chunks forced on: {r['samples_per_s']:,.0f} samples/s"
-            + (f" (the default, without them, is {ratio:.2f}x that)" if ratio else "")
+            f"seed_bf16 with {what}: {r['samples_per_s']:,.0f} samples/s, "
+            f"{r['host_waits_per_step']} host waits/step"
+            + (f" (the default is {ratio:.2f}x that)" if ratio else "")
         )
         gc.collect()
         torch.cuda.empty_cache()

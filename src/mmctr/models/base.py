@@ -38,11 +38,16 @@ class CTRModel(nn.Module):
     def encode_items(self, batch: dict[str, torch.Tensor]):
         """-> target (B, D), history (B, L', D), pad (B, L') True = padding.
 
-        Columns that are padding in every row are dropped first (L' = longest history, at
-        least ``min_seq_len``), so a batch gives bit-identical outputs however much left
-        padding it arrives with.
+        On the CPU, columns that are padding in every row are dropped first (L' = longest
+        history, at least ``min_seq_len``), so a batch gives bit-identical outputs however
+        much left padding it arrives with. On an accelerator, finding the longest history
+        would make the host wait for the device once per step; there the model relies on
+        :class:`~mmctr.data.batching.BatchLoader`, which trims on the host before the copy
+        (extra padding still gives the same result, up to rounding, as it is masked).
         """
-        seq = trim_leading_padding(batch[HISTORY_COL], self.min_seq_len)
+        seq = batch[HISTORY_COL]
+        if seq.device.type == "cpu":
+            seq = trim_leading_padding(seq, self.min_seq_len)
         target = self.item_encoder(batch[TARGET_COL])
         history = self.item_encoder(seq)
         return target, history, padding_mask(seq)

@@ -35,6 +35,7 @@ from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_spli
 from mmctr.models import build_model
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
+from mmctr.training.guard import DivergenceGuard
 from mmctr.training.metrics import evaluate_predictions, monitor_value
 from mmctr.utils import (
     atomic_write_text,
@@ -47,6 +48,10 @@ from mmctr.utils import (
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoints were kept."""
+
+
+#: on an accelerator, the host reads the running loss (and the NaN flag) every this many steps
+CHECK_EVERY = 50
 
 
 @dataclass
@@ -376,12 +381,36 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
 
     # ---- the loop ----------------------------------------------------------------------
     n_batches = len(loader)
+    # The running loss and the NaN guard stay on the device (see training/guard.py); the
+    # host reads them every step on the CPU (free there) and every CHECK_EVERY steps elsewhere.
+    guard = DivergenceGuard(optimizer, device, distributed=dist.enabled)
+    check_every = 1 if device.type == "cpu" else CHECK_EVERY
+
+    def checked_loss(epoch: int, batch_no: int) -> tuple[float, int]:
+        """(summed train loss, samples) of this epoch so far; stops a diverged run."""
+        loss_sum, rows, first_bad = guard.read()
+        if first_bad is None:
+            return loss_sum, rows
+        what = (
+            f"loss became {loss_sum}"
+            if not math.isfinite(loss_sum)
+            else "gradient norm became non-finite"
+        )
+        msg = (
+            f"{what} at optimizer step {first_bad + 1} (epoch {epoch + 1}); that update was "
+            f"skipped, so no weights hold it, and training stops at batch {batch_no}. The last "
+            f"good checkpoints are kept in {run_dir} (model.pt = best, last.pt = last "
+            "completed epoch). Try a lower learning_rate or bf16: false."
+        )
+        log.error(msg)
+        raise TrainingDiverged(msg)
+
     t_train = time.perf_counter()
     while state.epoch < t.epochs and not state.stopped:
         epoch = state.epoch
         loader.set_epoch(epoch)
         net_model.train()
-        loss_sum, seen = 0.0, 0
+        guard.reset_loss()
         bar = tqdm(
             loader,
             desc=f"epoch {epoch + 1}/{t.epochs}",
@@ -411,43 +440,35 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 # gradients over ranks, so scale by world size to get the global mean.
                 loss = bce * (dist.world_size / windows[window])
                 loss.backward()
-            # The one host sync of a step, after the backward pass is queued (on CUDA the
-            # GPU keeps working while we wait). A non-finite loss stops the run before the
-            # optimizer step, so no weights and no checkpoint ever hold its NaN.
-            bce_value = float(bce.detach())
-            if not math.isfinite(bce_value):
-                msg = (
-                    f"loss became {bce_value} at epoch {epoch + 1}, batch {i + 1} "
-                    f"(step {state.step}); stopping. The last good checkpoints are kept in "
-                    f"{run_dir} (model.pt = best, last.pt = last completed epoch). "
-                    "Try a lower learning_rate or bf16: false."
+            guard.add(bce, int(labels.shape[0]) if weight else 0)
+            if not closes_window:
+                continue
+            if emb_reg or net_reg:
+                # regularisers once per step, on the parameters (FuxiCTR: reg/2 * ||W||^2)
+                reg = sum((p.pow(2).sum() for p in emb_params), torch.zeros((), device=device)) * (
+                    emb_reg / 2
                 )
-                log.error(msg)
-                raise TrainingDiverged(msg)
-            loss_sum += bce_value
-            seen += int(labels.shape[0]) if weight else 0
-            if closes_window:
-                if emb_reg or net_reg:
-                    # regularisers once per step, on the parameters (FuxiCTR: reg/2 * ||W||^2)
-                    reg = sum(
-                        (p.pow(2).sum() for p in emb_params), torch.zeros((), device=device)
-                    ) * (emb_reg / 2)
-                    reg = reg + sum(
-                        (p.pow(2).sum() for p in net_params), torch.zeros((), device=device)
-                    ) * (net_reg / 2)
-                    reg.backward()
-                if t.max_gradient_norm and t.max_gradient_norm > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.max_gradient_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
+                reg = reg + sum(
+                    (p.pow(2).sum() for p in net_params), torch.zeros((), device=device)
+                ) * (net_reg / 2)
+                reg.backward()
+            grad_norm = None
+            if t.max_gradient_norm and t.max_gradient_norm > 0:
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.max_gradient_norm)
+            guard.step(state.step, grad_norm)  # skipped if the loss or gradients are not finite
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            evaluating = bool(t.eval_steps) and state.step % t.eval_steps == 0
+            if evaluating or state.step % check_every == 0:
+                loss_sum, seen = checked_loss(epoch, i + 1)
                 if progress and main:
                     bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
-                if t.eval_steps and state.step % t.eval_steps == 0:
-                    total = dist.all_reduce_sum(loss_sum) / max(dist.all_reduce_sum(seen), 1)
-                    evaluate_and_checkpoint(total, epoch + (i + 1) / n_batches)
-                    if state.stopped:
-                        break
+            if evaluating:
+                total = dist.all_reduce_sum(loss_sum) / max(dist.all_reduce_sum(seen), 1)
+                evaluate_and_checkpoint(total, epoch + (i + 1) / n_batches)
+                if state.stopped:
+                    break
+        loss_sum, seen = checked_loss(epoch, n_batches)
         state.epoch = epoch + 1
         total_seen = int(dist.all_reduce_sum(seen))
         train_loss = dist.all_reduce_sum(loss_sum) / max(total_seen, 1)

@@ -150,14 +150,18 @@ class StepRunner:
         sequence_chunks: bool | None = None,
         untrimmed: bool = False,
         host_syncs: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         import torch
 
         from mmctr.data.batching import BatchLoader
         from mmctr.models import build_model
+        from mmctr.training.graphs import GraphedStep
         from mmctr.training.guard import DivergenceGuard
         from mmctr.training.trainer import make_optimizer
 
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
         t = cfg.trainer
         self.cfg, self.device, self.bf16 = cfg, device, bf16
         self.batch_size = t.batch_size
@@ -170,6 +174,8 @@ class StepRunner:
             self.model.min_seq_len = int(cfg.trainer.max_len or 100)
             if hasattr(self.model, "sequence"):
                 self.model.sequence.length_chunks = False
+        if cuda_graphs and hasattr(self.model, "sequence"):
+            self.model.sequence.length_chunks = False  # as the trainer does under graphs
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = make_optimizer(
             t.optimizer, self.model.parameters(), t.learning_rate, t.weight_decay
@@ -181,7 +187,7 @@ class StepRunner:
             seed=t.seed,
             device=device,
             min_seq_len=self.min_seq_len,
-            trim_padding=t.trim_padding and not untrimmed,
+            trim_padding=t.trim_padding and not untrimmed and not cuda_graphs,
             bucket_by_length=t.bucket_by_length,
             on_device=t.data_on_device,
             pin_memory=t.pin_memory,
@@ -191,39 +197,55 @@ class StepRunner:
         # model reading the longest history, the trainer reading the loss): side by side.
         self.host_syncs = host_syncs
         self.guard = DivergenceGuard(self.optimizer, device, sync_every_step=host_syncs)
-        self.steps_done = 0
         self.sync = _sync_fn(device)
         names = [n for n in PROFILED if hasattr(self.model, n)]
         self.timer = ModuleTimer(self.model, names, self.sync)
         self.clip = t.max_gradient_norm
+        self.graphed = None
+        if cuda_graphs:  # the trainer's CUDA-graph step (training/graphs.py)
+            for g in self.optimizer.param_groups:
+                if "capturable" in g:
+                    g["capturable"] = True
+            self.graphed = GraphedStep(self._device_step, self.optimizer, device)
         self.model.train()
 
     def step(self, parts: dict[str, float] | None = None, batch: dict | None = None) -> int:
         """One optimizer step (on the next batch, or ``batch``); adds loader/optimizer
-        seconds to ``parts``; returns samples."""
+        seconds to ``parts`` (not under CUDA graphs); returns samples."""
+        t0 = time.perf_counter()
+        if batch is None:
+            batch = next(self.batches)
+        if parts is not None and self.graphed is None:
+            self.sync()
+            parts["loader"] = parts.get("loader", 0.0) + time.perf_counter() - t0
+        else:
+            parts = None
+        if self.graphed is not None:
+            self.graphed(batch)
+        else:
+            self._device_step(batch, parts)
+        rows = int(batch["label"].shape[0])
+        self.guard.count(rows)
+        return rows
+
+    def _device_step(self, batch: dict, parts: dict[str, float] | None = None) -> None:
+        """Forward, backward, clipping and the guarded optimizer step: device work only,
+        unless ``host_syncs`` (or ``parts``, which synchronises to time the optimizer)."""
         from torch import nn
 
         from mmctr.data.dataset import HISTORY_COL
         from mmctr.models.base import trim_leading_padding
         from mmctr.training.trainer import autocast_ctx
 
-        t0 = time.perf_counter()
-        if batch is None:
-            batch = next(self.batches)
-        if parts is not None:
-            self.sync()
-            t1 = time.perf_counter()
-            parts["loader"] = parts.get("loader", 0.0) + t1 - t0
         if self.host_syncs:
             batch[HISTORY_COL] = trim_leading_padding(batch[HISTORY_COL], self.min_seq_len)
-        with autocast_ctx(self.device, self.bf16):
+        with autocast_ctx(self.device, self.bf16, cache=self.graphed is None):
             logits = self.model(batch)
-        rows = int(batch["label"].shape[0])
         bce = nn.functional.binary_cross_entropy_with_logits(
             logits.float(), batch["label"], reduction="sum"
         )
-        (bce / rows).backward()
-        self.guard.add(bce, rows)
+        (bce / batch["label"].shape[0]).backward()
+        self.guard.add(bce)
         if self.host_syncs and not math.isfinite(float(bce.detach())):
             raise FloatingPointError("loss became non-finite in the benchmark")
         if parts is not None:
@@ -232,13 +254,11 @@ class StepRunner:
         norm = None
         if self.clip and self.clip > 0:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.guard.step(self.steps_done, norm)
+        self.guard.step(norm)
         self.optimizer.zero_grad(set_to_none=True)
-        self.steps_done += 1
         if parts is not None:
             self.sync()
             parts["optimizer"] = parts.get("optimizer", 0.0) + time.perf_counter() - t2
-        return rows
 
     def host_waits(self) -> dict[str, int]:
         """Ops of one step (the loader excluded) whose value the host waits for, by name."""
@@ -284,14 +304,20 @@ def measure_train(
     sequence_chunks: bool | None = None,
     untrimmed: bool = False,
     host_syncs: bool = False,
+    cuda_graphs: bool = False,
 ) -> dict[str, Any]:
     """Samples/s of the training step (median of ``repeats`` runs of ``steps`` steps after
     ``warmup_steps``), and where a step's time goes. ``sequence_chunks`` forces the
     sequence encoder's length chunking on or off (default: off under CUDA bf16, else on).
     ``untrimmed``: no padding removal anywhere (the peers' compute pattern).
-    ``host_syncs``: the step with the two host waits it had before the on-device guard."""
+    ``host_syncs``: the step with the two host waits it had before the on-device guard.
+    ``cuda_graphs``: the trainer's CUDA-graph step (3 eager warm-up steps, then replays;
+    warm-up of at least 4 steps includes the recording; no breakdown)."""
     t = time.perf_counter()
-    runner = StepRunner(cfg, items, split, device, bf16, sequence_chunks, untrimmed, host_syncs)
+    runner = StepRunner(
+        cfg, items, split, device, bf16, sequence_chunks, untrimmed, host_syncs, cuda_graphs
+    )
+    breakdown = breakdown and not cuda_graphs
     build_s = time.perf_counter() - t
     runner.run_steps(warmup_steps)
     waits = runner.host_waits()
@@ -328,6 +354,7 @@ def measure_train(
         # free on the CPU (the model trims there, chunking reads lengths); stalls on a GPU
         "host_waits_per_step": sum(waits.values()),
         "host_waits_by_op": waits,
+        "cuda_graphs": runner.graphed.summary() if runner.graphed is not None else None,
     }
     seq = getattr(runner.model, "sequence", None)
     if seq is not None:

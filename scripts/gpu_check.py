@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import bench_data as bd  # noqa: E402
 
-GPU_BUDGETS = {"data": 60, "load": 30, "train": 260, "predict": 20, "embed": 60}
+GPU_BUDGETS = {"data": 45, "load": 25, "train": 330, "predict": 20, "embed": 55}
 CPU_BUDGETS = {"data": 30, "load": 20, "train": 90, "predict": 20, "embed": 60}
 COMBOS = [("seed", True), ("seed", False), ("rank1", True), ("rank1", False)]
 log = bd.log
@@ -157,6 +157,7 @@ SIDE_BY_SIDE = {
         {"host_syncs": True},
         "two host waits per step (the step before the on-device NaN guard)",
     ),
+    "cuda_graphs": ({"cuda_graphs": True}, "one CUDA graph per step (cuda_graphs: true)"),
 }
 
 
@@ -282,44 +283,73 @@ def stage_train(
         log(describe_profile(prof))
     # 1c) variants of the seed bf16 step, side by side with the default (same batches)
     for variant, (kwargs, what) in SIDE_BY_SIDE.items():
-        if not on_gpu or budget.left("train") < 60:
+        if budget.left("train") < 60 or (not on_gpu and "cuda_graphs" in kwargs):
             continue
         cfg = bd.bench_config(
             bench.EXPERIMENTS["seed"], data_dir, _overrides(root, "seed", True, arch)
         )
-        r = bench.measure_train(
-            cfg,
-            items,
-            split,
-            device,
-            bf16=True,
-            steps=steps["seed"],
-            repeats=3,
-            warmup_steps=warmup,
-            breakdown=False,
-            **kwargs,
-        )
+        try:
+            r = bench.measure_train(
+                cfg,
+                items,
+                split,
+                device,
+                bf16=on_gpu,  # the CPU dry run: fp32 (bf16 is emulated on most CPUs)
+                steps=steps["seed"],
+                repeats=3 if on_gpu else 1,
+                warmup_steps=warmup,
+                breakdown=False,
+                **kwargs,
+            )
+        except Exception as exc:  # a variant failing must not lose the stage's figures
+            traceback.print_exc()
+            out[f"seed_bf16_{variant}"] = {"what": what, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        finally:
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
         base = out["runs"].get("seed_bf16", {}).get("samples_per_s")
         ratio = base / r["samples_per_s"] if base else None
         out[f"seed_bf16_{variant}"] = {
             "what": what,
             "samples_per_s": r["samples_per_s"],
             "step_seconds": r["step_seconds"],
+            "epoch_seconds_extrapolated": n_train / r["samples_per_s"],
             "host_waits_per_step": r["host_waits_per_step"],
             "default_over_variant": ratio,
+            "cuda_graphs": r.get("cuda_graphs"),
         }
         log(
             f"seed_bf16 with {what}: {r['samples_per_s']:,.0f} samples/s, "
             f"{r['host_waits_per_step']} host waits/step"
             + (f" (the default is {ratio:.2f}x that)" if ratio else "")
         )
+    # 1d) a CUDA-graph step computes what the eager step computes (no dropout, fp32)
+    if on_gpu and budget.left("train") > 60:
+        try:
+            out["cuda_graphs_match_eager"] = graphs_match_eager(data_dir, items, split, device)
+            log(f"cuda_graphs against eager: {out['cuda_graphs_match_eager']}")
+        except Exception as exc:
+            traceback.print_exc()
+            out["cuda_graphs_match_eager"] = {"error": f"{type(exc).__name__}: {exc}"}
         gc.collect()
         torch.cuda.empty_cache()
     # 2) real epochs, cheapest first, while the budget allows
     load_s = ctx.get("load_seconds", 10.0)
-    measured = [(k, v) for k, v in out["runs"].items() if "epoch_seconds_extrapolated" in v]
-    for key, r in sorted(measured, key=lambda kv: kv[1]["epoch_seconds_extrapolated"]):
-        name, prec = key.split("_")
+    candidates = [  # (key, experiment, bf16, extra overrides, its figures)
+        (k, *k.split("_"), [], v)
+        for k, v in out["runs"].items()
+        if "epoch_seconds_extrapolated" in v
+    ]
+    graphs_run = out.get("seed_bf16_cuda_graphs", {})
+    if "epoch_seconds_extrapolated" in graphs_run:
+        candidates.append(
+            ("seed_bf16_cuda_graphs", "seed", "bf16", ["cuda_graphs=true"], graphs_run)
+        )
+    for key, name, prec, extra, r in sorted(
+        candidates, key=lambda c: c[-1]["epoch_seconds_extrapolated"]
+    ):
         # reading the data again, evaluation, checkpoints: 2 loads + 25% of the epoch + 20 s
         need = 1.25 * r["epoch_seconds_extrapolated"] + 2 * load_s + 20
         left = budget.left("train")
@@ -329,11 +359,17 @@ def stage_train(
                 f"{key}: one real epoch needs ~{need:.0f} s, {left:.0f} s left -> extrapolated only"
             )
             continue
-        overrides = _overrides(root, name, prec == "bf16", arch)
+        folder = f"{name}_graphs" if extra else name
+        overrides = [*_overrides(root, folder, prec == "bf16", arch), *extra]
         cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, overrides)
         log(f"{key}: one real epoch through train(cfg) (~{need:.0f} s of {left:.0f} s left)")
         t = time.perf_counter()
-        res = train(cfg, gpu=(device.index or 0) if on_gpu else -1, progress=False)
+        try:
+            res = train(cfg, gpu=(device.index or 0) if on_gpu else -1, progress=False)
+        except Exception as exc:
+            traceback.print_exc()
+            r["real_epoch"] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
         wall = time.perf_counter() - t
         r["real_epoch"] = {
             "wall_seconds": wall,
@@ -346,7 +382,7 @@ def stage_train(
             "note": "measured: one whole epoch (train_seconds includes the valid evaluation)",
         }
         r["epoch"] = "measured (one real epoch) and extrapolated"
-        if name == "seed":
+        if name == "seed" and not extra:
             ctx.setdefault("trained_seed", {"expid": cfg.expid, "prec": prec, "ov": overrides})
         log(
             f"{key}: epoch {res['train_seconds']:.1f} s (wall {wall:.1f} s), valid AUC "
@@ -356,6 +392,35 @@ def stage_train(
         if on_gpu:
             torch.cuda.empty_cache()
     return out
+
+
+def graphs_match_eager(data_dir: Path, items, split, device, steps: int = 8) -> dict[str, Any]:
+    """The demo architecture without dropout, fp32, ``steps`` steps on the same batches,
+    eager against CUDA graphs (3 eager warm-up steps, then the recording and replays): the
+    largest parameter difference and both summed losses."""
+    import torch
+
+    over = [*bd.demo_architecture_overrides(), "transformer_dropout=0", "net_dropout=0"]
+    cfg = bd.bench_config(bench.EXPERIMENTS["seed"], data_dir, [*over, "bf16=false"])
+    eager = bench.StepRunner(cfg, items, split, device, False, sequence_chunks=False)
+    eager.loader.trim_padding = False  # the full-width batches the graphed runner gets
+    graphed = bench.StepRunner(cfg, items, split, device, False, cuda_graphs=True)
+    for runner in (eager, graphed):
+        runner.run_steps(steps)
+    diff = max(
+        float((a.detach() - b.detach()).abs().max())
+        for a, b in zip(eager.model.parameters(), graphed.model.parameters())
+    )
+    losses = [r.guard.read()[0] for r in (eager, graphed)]
+    return {
+        "steps": steps,
+        "max_abs_param_diff": diff,
+        "loss_sum_eager": losses[0],
+        "loss_sum_graphs": losses[1],
+        "graphs": graphed.graphed.summary(),
+        "match": diff < 1e-4 and abs(losses[0] - losses[1]) <= 1e-4 * abs(losses[0]),
+        "torch": torch.__version__,
+    }
 
 
 def stage_predict(data_dir: Path, root: Path, ctx: dict[str, Any], device) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def _toy(optimizer: str):
     return net, opt
 
 
-def _one_step(net, guard, number, poison=False, clip=None):
+def _one_step(net, guard, poison=False, clip=None):
     x = torch.randn(16, 4)
     y = torch.randint(0, 2, (16,)).float()
     logits = net(x).squeeze(-1)
@@ -30,9 +30,10 @@ def _one_step(net, guard, number, poison=False, clip=None):
         logits = logits * float("nan")
     bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
     (bce / 16).backward()
-    guard.add(bce, 16)
+    guard.add(bce)
+    guard.count(16)
     norm = nn.utils.clip_grad_norm_(net.parameters(), clip) if clip else None
-    guard.step(number, norm)
+    guard.step(norm)
     guard.optimizer.zero_grad(set_to_none=True)
 
 
@@ -41,10 +42,10 @@ def test_a_non_finite_step_is_skipped_and_reported(optimizer):
     net, opt = _toy(optimizer)
     guard = DivergenceGuard(opt, torch.device("cpu"))
     assert guard.on_device == (optimizer in ("adam", "adamw", "sgd"))
-    _one_step(net, guard, 0)
+    _one_step(net, guard)
     assert guard.read()[2] is None
     before = copy.deepcopy((net.state_dict(), opt.state_dict()))
-    _one_step(net, guard, 1, poison=True, clip=10.0)
+    _one_step(net, guard, poison=True, clip=10.0)
     after = (net.state_dict(), opt.state_dict())
     # the weights and the optimizer state (Adam's moments and step count) are untouched
     for k, v in before[0].items():
@@ -56,7 +57,7 @@ def test_a_non_finite_step_is_skipped_and_reported(optimizer):
     loss_sum, rows, first_bad = guard.read()
     assert first_bad == 1 and rows == 32 and loss_sum != loss_sum  # nan
     # later good steps train again, and the first bad step stays reported
-    _one_step(net, guard, 2)
+    _one_step(net, guard)
     assert any(not torch.equal(v, net.state_dict()[k]) for k, v in before[0].items())
     assert guard.read()[2] == 1
 
@@ -64,10 +65,10 @@ def test_a_non_finite_step_is_skipped_and_reported(optimizer):
 def test_a_non_finite_gradient_with_a_finite_loss_is_skipped():
     net, opt = _toy("adam")
     guard = DivergenceGuard(opt, torch.device("cpu"))
-    _one_step(net, guard, 0)
+    _one_step(net, guard)
     before = copy.deepcopy(net.state_dict())
     net[0].weight.register_hook(lambda g: g * float("inf"))
-    _one_step(net, guard, 1, clip=10.0)
+    _one_step(net, guard, clip=10.0)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     loss_sum, _, first_bad = guard.read()
     assert first_bad == 1 and loss_sum == loss_sum  # the loss itself was finite
@@ -94,22 +95,22 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch):
     batch["label"] = torch.randint(0, 2, (6,)).float()
     monkeypatch.setattr(model_base, "trim_leading_padding", lambda seq, keep_at_least=1: seq)
 
-    def step(number):
+    def step():
         bce = nn.functional.binary_cross_entropy_with_logits(
             model(batch).float(), batch["label"], reduction="sum"
         )
         (bce / 6).backward()
-        guard.add(bce, 6)
-        guard.step(number, nn.utils.clip_grad_norm_(model.parameters(), 10.0))
+        guard.add(bce)
+        guard.step(nn.utils.clip_grad_norm_(model.parameters(), 10.0))
         opt.zero_grad(set_to_none=True)
 
-    step(0)  # optimizer state initialised outside the counted step
+    step()  # optimizer state initialised outside the counted step
     waits = HostWaits()
     with waits:
-        step(1)
+        step()
     assert waits.total == 0, f"host waits in a training step: {dict(waits.ops)}"
     with HostWaits() as trimmed:  # what the counter catches: the CPU model's trimming
         monkeypatch.undo()
-        step(2)
+        step()
     assert trimmed.ops == {"_local_scalar_dense": 1}
     assert guard.read()[2] is None

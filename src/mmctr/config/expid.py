@@ -34,7 +34,16 @@ from mmctr.config.schema import (
 
 # Keys that say where and how verbosely an experiment runs, not what it is.
 RUN_ENVIRONMENT_KEYS = frozenset(
-    {"expid", "gpu", "verbose", "num_workers", "model_root", "pin_memory", "data_on_device"}
+    {
+        "expid",
+        "gpu",
+        "verbose",
+        "num_workers",
+        "model_root",
+        "pin_memory",
+        "data_on_device",
+        "cuda_graphs",
+    }
 )
 
 # <base>_<NNN>_<hash8>; FuxiCTR formats the index with :03, so 1000 and up have more digits.

@@ -126,6 +126,9 @@ class TrainerConfig:
     bucket_by_length: bool = False
     data_on_device: bool = False
     pin_memory: bool = True
+    # one CUDA graph of the whole training step (one GPU, accumulation_steps 1); see
+    # mmctr/training/graphs.py. Off until measured faster on a GPU (scripts/gpu_check.py).
+    cuda_graphs: bool = False
 
 
 @dataclass

@@ -40,8 +40,11 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 class DivergenceGuard:
     """Running loss and the non-finite check of the training loop, on ``device``.
 
-    Per micro-batch: :meth:`add` (summed BCE, ``rows`` samples). Per optimizer step:
-    :meth:`step` (instead of ``optimizer.step()``). Every so often: :meth:`read`.
+    Per micro-batch: :meth:`add` (its summed BCE, on the device) and :meth:`count` (its
+    samples, on the host). Per optimizer step: :meth:`step` (instead of ``optimizer.step()``).
+    Every so often: :meth:`read`. ``add`` and ``step`` are device work only, so they can be
+    recorded in a CUDA graph (:mod:`mmctr.training.graphs`); steps are numbered on the device
+    from ``first_step`` (the trainer's step count when it starts or resumes).
     ``sync_every_step`` reads the flag on the host before every step, as a non-fused
     optimizer needs anyway (kept for side-by-side benchmarks). Either way a flagged step is
     skipped: the weights and the optimizer state stay as they were.
@@ -54,6 +57,7 @@ class DivergenceGuard:
         *,
         distributed: bool = False,
         sync_every_step: bool = False,
+        first_step: int = 0,
     ) -> None:
         self.optimizer = optimizer
         self.device = device
@@ -62,29 +66,34 @@ class DivergenceGuard:
         self._bad = torch.zeros((), dtype=torch.float32, device=device)  # this window
         self._first_bad = torch.full((), -1, dtype=torch.float64, device=device)
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.rows = 0  # samples added since the last reset (host count, no wait)
+        self._step = torch.full((), float(first_step), dtype=torch.float64, device=device)
+        self.rows = 0  # samples counted since the last reset (host count, no wait)
 
     def reset_loss(self) -> None:
         self._loss_sum.zero_()
         self.rows = 0
 
-    def add(self, loss_sum: torch.Tensor, rows: int) -> None:
-        """One micro-batch: ``loss_sum`` is its summed loss over ``rows`` samples."""
+    def add(self, loss_sum: torch.Tensor) -> None:
+        """One micro-batch's summed loss (device work only)."""
         loss_sum = loss_sum.detach()
         self._loss_sum += loss_sum.double()
         self._bad.logical_or_(~torch.isfinite(loss_sum))
+
+    def count(self, rows: int) -> None:
+        """One micro-batch's number of samples (host only)."""
         self.rows += rows
 
-    def step(self, number: int, grad_norm: torch.Tensor | None = None) -> None:
-        """Optimizer step ``number`` (the trainer's count), skipped if the window's loss or
-        gradients are not finite. ``grad_norm``: the norm ``clip_grad_norm_`` returned, if any."""
+    def step(self, grad_norm: torch.Tensor | None = None) -> None:
+        """The optimizer step of the window, skipped if its loss or gradients are not
+        finite. ``grad_norm``: the norm ``clip_grad_norm_`` returned, if any."""
         if grad_norm is not None:
             self._bad.logical_or_(~torch.isfinite(grad_norm.detach()))
         if self.distributed:
             torch_dist.all_reduce(self._bad)  # every rank skips the same steps
             self._bad.clamp_(max=1.0)
-        first = torch.where(self._first_bad < 0, float(number), self._first_bad)
+        first = torch.where(self._first_bad < 0, self._step, self._first_bad)
         self._first_bad.copy_(torch.where(self._bad > 0, first, self._first_bad))
+        self._step += 1
         if self.on_device:
             self.optimizer.found_inf = self._bad  # read by the fused kernel
             try:
@@ -97,7 +106,8 @@ class DivergenceGuard:
 
     def read(self) -> tuple[float, int, int | None]:
         """(summed loss, samples) since the last :meth:`reset_loss`, and the number of the
-        first skipped step so far (as passed to :meth:`step`), or None. One host wait."""
+        first skipped step so far (counted from 0, like the trainer's steps), or None. One
+        host wait."""
         loss_sum, first_bad = torch.stack([self._loss_sum, self._first_bad]).tolist()
         return loss_sum, self.rows, (int(first_bad) if first_bad >= 0 else None)
 

@@ -35,6 +35,7 @@ from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_spli
 from mmctr.models import build_model
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
+from mmctr.training.graphs import GraphedStep
 from mmctr.training.guard import DivergenceGuard
 from mmctr.training.metrics import evaluate_predictions, monitor_value
 from mmctr.utils import (
@@ -86,10 +87,25 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     return bool(setting)
 
 
-def autocast_ctx(device: torch.device, enabled: bool):
+def autocast_ctx(device: torch.device, enabled: bool, cache: bool = True):
+    """bf16 autocast on ``device`` when ``enabled``. ``cache=False`` while recording a CUDA
+    graph: autocast's cache of cast weights must not outlive the recording."""
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
+def cuda_graphs_off_reason(t, device: torch.device, dist: DistContext) -> str | None:
+    """Why ``cuda_graphs: true`` cannot apply to this run, or None when it can."""
+    if device.type != "cuda":
+        return f"needs a CUDA device, this run is on {device}"
+    if dist.enabled:
+        return "not under torchrun (one process only)"
+    if t.accumulation_steps != 1:
+        return f"needs accumulation_steps: 1, got {t.accumulation_steps}"
+    if t.optimizer.lower() not in ("adam", "adamw", "sgd"):
+        return f"needs a fused optimizer (adam, adamw, sgd), got {t.optimizer!r}"
+    return None
 
 
 def _parse_reg(value) -> float:
@@ -258,6 +274,16 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     )
     train_items = np.unique(train_split.columns[TARGET_COL])
     min_seq_len = int(getattr(cfg.model, "first_k_cols", 1) or 1)
+    graphs = False
+    if t.cuda_graphs:
+        off = cuda_graphs_off_reason(t, device, dist)
+        graphs = off is None
+        log.info(
+            "cuda_graphs: %s",
+            f"on (static batch shapes: histories at the full width {train_split.seq_width})"
+            if graphs
+            else f"off, {off}",
+        )
     loader = BatchLoader(
         train_split,
         t.batch_size,
@@ -265,7 +291,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         seed=t.seed,
         device=device,
         min_seq_len=min_seq_len,
-        trim_padding=t.trim_padding,
+        trim_padding=t.trim_padding and not graphs,
         bucket_by_length=t.bucket_by_length,
         on_device=t.data_on_device,
         pin_memory=t.pin_memory,
@@ -286,6 +312,8 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = make_optimizer(t.optimizer, model.parameters(), t.learning_rate, t.weight_decay)
+    if graphs and hasattr(model, "sequence"):
+        model.sequence.length_chunks = False  # chunk sizes are data: they need host waits
     state = TrainerState(lr=t.learning_rate)
     items_shapes = ckpt_io.item_table_shapes(items)
     cfg_dict = cfg.to_dict()
@@ -308,6 +336,8 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         )
     for g in optimizer.param_groups:
         g["lr"] = state.lr
+        if "capturable" in g:  # Adam/AdamW: their step may be recorded in a CUDA graph
+            g["capturable"] = graphs
 
     sign = 1.0 if t.monitor_mode == "max" else -1.0
     global_batch = t.batch_size * dist.world_size
@@ -383,8 +413,40 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     n_batches = len(loader)
     # The running loss and the NaN guard stay on the device (see training/guard.py); the
     # host reads them every step on the CPU (free there) and every CHECK_EVERY steps elsewhere.
-    guard = DivergenceGuard(optimizer, device, distributed=dist.enabled)
+    guard = DivergenceGuard(optimizer, device, distributed=dist.enabled, first_step=state.step)
     check_every = 1 if device.type == "cpu" else CHECK_EVERY
+
+    def forward_backward(batch: dict[str, torch.Tensor], weight: float, scale: float) -> None:
+        """One micro-batch: summed BCE (times ``weight``), backward of it times ``scale``."""
+        with autocast_ctx(device, bf16, cache=not graphs):
+            logits = net_model(batch)
+        bce = weight * nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), batch["label"], reduction="sum"
+        )
+        (bce * scale).backward()
+        guard.add(bce)
+
+    def optimizer_step() -> None:
+        """Regularisers, clipping and the guarded optimizer step of a window."""
+        if emb_reg or net_reg:
+            # regularisers once per step, on the parameters (FuxiCTR: reg/2 * ||W||^2)
+            reg = sum((p.pow(2).sum() for p in emb_params), torch.zeros((), device=device))
+            reg = reg * (emb_reg / 2) + sum(
+                (p.pow(2).sum() for p in net_params), torch.zeros((), device=device)
+            ) * (net_reg / 2)
+            reg.backward()
+        grad_norm = None
+        if t.max_gradient_norm and t.max_gradient_norm > 0:
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.max_gradient_norm)
+        guard.step(grad_norm)  # skipped if the loss or gradients are not finite
+        optimizer.zero_grad(set_to_none=True)
+
+    def whole_step(batch: dict[str, torch.Tensor]) -> None:
+        """accumulation_steps 1, one process: the batch is the window."""
+        forward_backward(batch, 1.0, 1.0 / batch["label"].shape[0])
+        optimizer_step()
+
+    graphed = GraphedStep(whole_step, optimizer, device, log=log) if graphs else None
 
     def checked_loss(epoch: int, batch_no: int) -> tuple[float, int]:
         """(summed train loss, samples) of this epoch so far; stops a diverged run."""
@@ -420,43 +482,28 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         for i, batch in enumerate(bar):
             window = i // t.accumulation_steps
             closes_window = (i + 1) % t.accumulation_steps == 0 or i + 1 == n_batches
-            sync = contextlib.nullcontext()
-            if dist.enabled and not closes_window:
-                sync = net_model.no_sync()
-            with sync:
-                # Under torchrun a rank's share of the last global batch can be empty. DDP
-                # still needs every rank in the gradient all-reduce: run one row through
-                # the model with weight 0 (it adds nothing to the loss or the gradients).
-                weight = 1.0
-                if batch["label"].shape[0] == 0:
-                    batch, weight = loader.gather(torch.zeros(1, dtype=torch.long)), 0.0
-                labels = batch["label"]
-                with autocast_ctx(device, bf16):
-                    logits = net_model(batch)
-                bce = weight * nn.functional.binary_cross_entropy_with_logits(
-                    logits.float(), labels, reduction="sum"
-                )
-                # Mean over the samples of this optimizer step, on every rank: DDP averages
-                # gradients over ranks, so scale by world size to get the global mean.
-                loss = bce * (dist.world_size / windows[window])
-                loss.backward()
-            guard.add(bce, int(labels.shape[0]) if weight else 0)
+            rows = int(batch["label"].shape[0])
+            if graphed is not None:
+                graphed(batch)  # a replayed CUDA graph for full batches, else eager
+            else:
+                sync = contextlib.nullcontext()
+                if dist.enabled and not closes_window:
+                    sync = net_model.no_sync()
+                with sync:
+                    # Under torchrun a rank's share of the last global batch can be empty.
+                    # DDP still needs every rank in the gradient all-reduce: run one row
+                    # through the model with weight 0 (it adds nothing to loss or gradients).
+                    weight = 1.0
+                    if rows == 0:
+                        batch, weight = loader.gather(torch.zeros(1, dtype=torch.long)), 0.0
+                    # Mean over the samples of this optimizer step, on every rank: DDP
+                    # averages gradients over ranks, so scale by world size for the global mean.
+                    forward_backward(batch, weight, dist.world_size / windows[window])
+                if closes_window:
+                    optimizer_step()
+            guard.count(rows)
             if not closes_window:
                 continue
-            if emb_reg or net_reg:
-                # regularisers once per step, on the parameters (FuxiCTR: reg/2 * ||W||^2)
-                reg = sum((p.pow(2).sum() for p in emb_params), torch.zeros((), device=device)) * (
-                    emb_reg / 2
-                )
-                reg = reg + sum(
-                    (p.pow(2).sum() for p in net_params), torch.zeros((), device=device)
-                ) * (net_reg / 2)
-                reg.backward()
-            grad_norm = None
-            if t.max_gradient_norm and t.max_gradient_norm > 0:
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.max_gradient_norm)
-            guard.step(state.step, grad_norm)  # skipped if the loss or gradients are not finite
-            optimizer.zero_grad(set_to_none=True)
             state.step += 1
             evaluating = bool(t.eval_steps) and state.step % t.eval_steps == 0
             if evaluating or state.step % check_every == 0:
@@ -475,11 +522,12 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         if not t.eval_steps and not state.stopped:
             evaluate_and_checkpoint(train_loss, float(state.epoch))
         log.info(
-            "epoch %d done: %d samples, train_loss %.5f, %.1fs since start",
+            "epoch %d done: %d samples, train_loss %.5f, %.1fs since start%s",
             state.epoch,
             total_seen,
             train_loss,
             time.perf_counter() - t_train,
+            f" ({graphed.summary()})" if graphed is not None else "",
         )
         if main:
             ckpt_io.save_last(last_path, model, optimizer, state.__dict__, cfg_dict)

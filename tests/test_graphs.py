@@ -150,3 +150,18 @@ def test_cuda_graphs_off_reasons(reason):
         trainer_mod.cuda_graphs_off_reason(TrainerConfig(), torch.device("cuda", 0), DistContext())
         is None
     )
+
+
+def test_a_failed_recording_falls_back_to_eager_steps(caplog):
+    net, opt, step, seen = _toy_step()
+
+    class Refuses(ReplayByCalling):
+        def record(self, fn):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphed = GraphedStep(step, opt, torch.device("cpu"), warmup=1, graph_api=Refuses())
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            graphed({"x": torch.randn(4, 3)})
+    assert not graphed.enabled and graphed.eager_steps == 3 and seen == [4, 4, 4]
+    assert "recording failed" in caplog.text

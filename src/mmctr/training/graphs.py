@@ -81,6 +81,7 @@ class GraphedStep:
         self.log = log or logging.getLogger(__name__)
         self.api = graph_api if graph_api is not None else CudaGraphAPI()
         self.enabled = True
+        self.off_reason = ""
         self.replay: Callable[[], None] | None = None
         self.static: Batch | None = None
         self.signature: dict[str, tuple] | None = None
@@ -109,7 +110,13 @@ class GraphedStep:
         if self._signature(batch) != self.signature:
             return self._eager(batch)  # e.g. the last, partial batch of an epoch
         if self.replay is None or self._lrs() != self.recorded_lrs:
-            self._record(batch)
+            try:
+                self._record(batch)
+            except RuntimeError as exc:  # e.g. an op CUDA cannot record: train on, eagerly
+                self.enabled, self.replay = False, None
+                self.off_reason = f"recording failed: {exc}"
+                self.log.warning("cuda_graphs: recording failed (%s); running eagerly", exc)
+                return self._eager(batch)
         for k, v in batch.items():
             self.static[k].copy_(v, non_blocking=True)
         self.replay()
@@ -128,6 +135,7 @@ class GraphedStep:
             self._eager(batch)
         if waits.total:
             self.enabled = False
+            self.off_reason = f"the step waits for the device: {dict(waits.ops)}"
             self.log.warning(
                 "cuda_graphs: the training step waits for the device (%s); running eagerly",
                 dict(waits.ops),
@@ -150,7 +158,7 @@ class GraphedStep:
         )
 
     def summary(self) -> str:
-        state = "on" if self.enabled else "off (the step waits for the device)"
+        state = "on" if self.enabled else f"off ({self.off_reason})"
         return (
             f"cuda_graphs {state}: {self.replays} replays, {self.eager_steps} eager steps, "
             f"{self.recordings} recordings"

@@ -8,21 +8,22 @@
 Made for one H200 with 16 CPU cores and no network, to finish in under 8 minutes. Stages,
 each with a time budget (seconds; the slack of a stage carries to the next ones):
 
-1. data (60): the ``full`` preset of the demo generator without images (3.6M / 10K / 379K
+1. data (45): the ``full`` preset of the demo generator without images (3.6M / 10K / 379K
    rows, 91,718 items) into <out-dir>/full/ (kept between runs on the same machine);
-2. load (30): read time and peak RSS of the reader in a subprocess, the loader-only rate;
-3. train (260): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
+2. load (25): read time and peak RSS of the reader in a subprocess, the loader-only rate;
+3. train (335): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
    bf16: timed optimizer steps (median of 3 after warm-up) give samples/s and the epoch
    time EXTRAPOLATED from them; a profile of 5 seed bf16 steps (device-busy share, kernel
    launches, top kernels); the seed bf16 steps once more in each variant of SIDE_BY_SIDE
-   (length chunking forced on; the host waits of the old step) for ratios; then, cheapest
-   first, the combinations whose estimated epoch fits the remaining budget run one real
-   epoch through ``train(cfg)`` (overrides ``epochs=1 bf16=...``), which also reports
-   valid/test AUC. Every figure says whether it was measured over a whole epoch or
-   extrapolated;
+   (the host waits of the old step; one CUDA graph per step) for ratios; the CUDA-graph step against the eager one (demo architecture, fp32, no
+   dropout, same batches: largest parameter difference); then, cheapest first, the
+   combinations (and the graphed seed bf16 step) whose estimated epoch fits the remaining
+   budget run one real epoch through ``train(cfg)`` (overrides ``epochs=1 bf16=...
+   [cuda_graphs=true]``), which also reports valid/test AUC. Every figure says whether it
+   was measured over a whole epoch or extrapolated;
 4. predict (20): ``predict_submission`` for a trained seed run (the test split, file order,
    CSV + zip), and ``predict_probs`` over the whole test split;
-5. embed (60): ~20,000 item images written by the demo generator's image writer, a
+5. embed (55): ~20,000 item images written by the demo generator's image writer, a
    ViT-B/32 CLIP with random weights, and ``generate_embeddings`` on every visible GPU;
    then the decode-only rate of the workers on 4,000 of the images, uint8 pixels (the
    pipeline's path) against the whole processor (float32 pixels), side by side.
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import bench_data as bd  # noqa: E402
 
-GPU_BUDGETS = {"data": 45, "load": 25, "train": 330, "predict": 20, "embed": 55}
+GPU_BUDGETS = {"data": 45, "load": 25, "train": 335, "predict": 20, "embed": 55}
 CPU_BUDGETS = {"data": 30, "load": 20, "train": 90, "predict": 20, "embed": 60}
 COMBOS = [("seed", True), ("seed", False), ("rank1", True), ("rank1", False)]
 log = bd.log
@@ -148,11 +149,8 @@ def stage_load(data_dir: Path, ctx: dict[str, Any], dry: bool) -> dict[str, Any]
 
 
 # seed bf16 step variants measured side by side with the default: name -> (kwargs, what)
+# (length chunking forced on under bf16 was measured on 2026-11-30: the default 1.27x faster)
 SIDE_BY_SIDE = {
-    "sequence_chunks_on": (
-        {"sequence_chunks": True},
-        "length chunks forced on (the default in fp32)",
-    ),
     "host_syncs": (
         {"host_syncs": True},
         "two host waits per step (the step before the on-device NaN guard)",

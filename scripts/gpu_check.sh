@@ -18,7 +18,7 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1   # random weights only: never reach the hub
-TOTAL_LIMIT_S="${GPU_CHECK_LIMIT_S:-470}"
+TOTAL_LIMIT_S="${GPU_CHECK_LIMIT_S:-480}"
 
 echo "python: $PY ($("$PY" --version 2>&1))"
 

@@ -160,11 +160,13 @@ def test_sequence_encoder_ignores_padding_content_and_attends_to_real_items():
     assert torch.equal(pad, pad_before)
 
 
-def test_length_chunking_is_exact():
+@pytest.mark.parametrize("min_chunk_width", [1, 4])
+def test_length_chunking_is_exact(min_chunk_width):
+    """Chunks narrower than first_k_cols (4 here) too: their readout is left-padded."""
     torch.manual_seed(0)
-    kw = dict(item_dim=4, num_heads=2, num_layers=2, dim_feedforward=8, dropout=0.0, first_k_cols=2)
+    kw = dict(item_dim=4, num_heads=2, num_layers=2, dim_feedforward=8, dropout=0.0, first_k_cols=4)
     plain = SequenceEncoder(**kw, length_chunks=False).eval()
-    chunked = SequenceEncoder(**kw, length_chunks=True).eval()
+    chunked = SequenceEncoder(**kw, length_chunks=True, min_chunk_width=min_chunk_width).eval()
     chunked.load_state_dict(plain.state_dict())
     b, w = 9, 12
     lengths = torch.tensor([1, 2, 3, 4, 5, 8, 12, 2, 0])
@@ -192,11 +194,11 @@ def test_length_chunking_default_is_on_outside_cuda_bf16(monkeypatch):
     pad = torch.arange(12).expand(4, 12) < (12 - lengths[:, None])
     with torch.no_grad():
         enc(torch.randn(4, 12, 4), torch.randn(4, 4), pad)
-        assert sorted(calls) == [2, 8, 12]  # chunks of lengths <=2, <=4.. 8, <=16 -> 12
+        assert sorted(calls) == [1, 2, 8, 12]  # chunks of lengths 1, 2, 5..8, 9..16 -> 12
         calls.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             enc(torch.randn(4, 12, 4), torch.randn(4, 4), pad)
-        assert len(calls) == 3
+        assert len(calls) == 4
 
 
 def test_empty_history_gives_finite_output():

@@ -9,7 +9,7 @@ the device works: the two take turns instead of overlapping. The guard avoids it
 - the optimizers with a fused kernel (adam, adamw, sgd) take that flag as ``found_inf``, the
   hook ``torch.amp.GradScaler`` uses: the kernel itself skips the update (and the step count)
   when the flag is set, so no weight ever holds a NaN, without the host looking at it;
-- other optimizers read the flag on the host before stepping (one wait per step, as before);
+- other optimizers read the flag on the host and skip a flagged step (one wait per step);
 - the host reads the loss and the number of the first skipped step only in
   :meth:`DivergenceGuard.read`, which the trainer calls every few steps, before every
   evaluation and at the end of an epoch, and stops there: a diverged run never evaluates or
@@ -17,6 +17,9 @@ the device works: the two take turns instead of overlapping. The guard avoids it
 
 Under torchrun the flag is summed over the ranks before the optimizer step (a collective on
 the device, no host wait), so every rank skips the same steps and stops together.
+
+:class:`HostWaits` counts the ops in a block that would make the host wait for a GPU; the
+tests use it to prove a training step has none, and the benchmarks report it per step.
 """
 
 from __future__ import annotations

@@ -134,10 +134,10 @@ def _cycle(loader) -> Iterator[dict]:
 class StepRunner:
     """The trainer's optimizer step on ``cfg``'s model, batch by batch, with timings.
 
-    One step: take the next shuffled batch, forward under ``autocast_ctx``, BCE on the float
-    logits (mean over the batch: accumulation_steps 1), backward, clip to the config's
-    ``max_gradient_norm``, Adam (``make_optimizer``) through the trainer's on-device NaN
-    guard, zero the gradients. The host reads the guard once per ``run_steps``.
+    One step: take the next shuffled batch, then the trainer's own step
+    (:class:`mmctr.training.step.TrainStep`, accumulation_steps 1): forward under bf16
+    autocast or not, BCE, backward, regularisers, clipping, the optimizer through the on-device
+    NaN guard. The host reads the guard once per ``run_steps``.
     """
 
     def __init__(
@@ -158,7 +158,8 @@ class StepRunner:
         from mmctr.models import build_model
         from mmctr.training.graphs import GraphedStep
         from mmctr.training.guard import DivergenceGuard
-        from mmctr.training.trainer import make_optimizer
+        from mmctr.training.step import TrainStep
+        from mmctr.training.trainer import _parse_reg, make_optimizer
 
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
@@ -200,13 +201,23 @@ class StepRunner:
         self.sync = _sync_fn(device)
         names = [n for n in PROFILED if hasattr(self.model, n)]
         self.timer = ModuleTimer(self.model, names, self.sync)
-        self.clip = t.max_gradient_norm
+        self.train_step = TrainStep(  # the trainer's step, shared
+            self.model,
+            self.optimizer,
+            self.guard,
+            device,
+            bf16=bf16,
+            max_gradient_norm=t.max_gradient_norm,
+            embedding_regularizer=_parse_reg(t.embedding_regularizer),
+            net_regularizer=_parse_reg(t.net_regularizer),
+            autocast_cache=not cuda_graphs,
+        )
         self.graphed = None
         if cuda_graphs:  # the trainer's CUDA-graph step (training/graphs.py)
             for g in self.optimizer.param_groups:
                 if "capturable" in g:
                     g["capturable"] = True
-            self.graphed = GraphedStep(self._device_step, self.optimizer, device)
+            self.graphed = GraphedStep(self.train_step.whole, self.optimizer, device)
         self.model.train()
 
     def step(self, parts: dict[str, float] | None = None, batch: dict | None = None) -> int:
@@ -229,33 +240,20 @@ class StepRunner:
         return rows
 
     def _device_step(self, batch: dict, parts: dict[str, float] | None = None) -> None:
-        """Forward, backward, clipping and the guarded optimizer step: device work only,
-        unless ``host_syncs`` (or ``parts``, which synchronises to time the optimizer)."""
-        from torch import nn
-
+        """The trainer's step (:class:`TrainStep`) on ``batch``; ``parts`` synchronises to
+        time the optimizer apart; ``host_syncs`` adds the old step's two host waits."""
         from mmctr.data.dataset import HISTORY_COL
         from mmctr.models.base import trim_leading_padding
-        from mmctr.training.trainer import autocast_ctx
 
         if self.host_syncs:
             batch[HISTORY_COL] = trim_leading_padding(batch[HISTORY_COL], self.min_seq_len)
-        with autocast_ctx(self.device, self.bf16, cache=self.graphed is None):
-            logits = self.model(batch)
-        bce = nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), batch["label"], reduction="sum"
-        )
-        (bce / batch["label"].shape[0]).backward()
-        self.guard.add(bce)
+        bce = self.train_step.forward_backward(batch, 1.0, 1.0 / batch["label"].shape[0])
         if self.host_syncs and not math.isfinite(float(bce.detach())):
             raise FloatingPointError("loss became non-finite in the benchmark")
         if parts is not None:
             self.sync()
             t2 = time.perf_counter()
-        norm = None
-        if self.clip and self.clip > 0:
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.guard.step(norm)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.train_step.optimizer_step()
         if parts is not None:
             self.sync()
             parts["optimizer"] = parts.get("optimizer", 0.0) + time.perf_counter() - t2

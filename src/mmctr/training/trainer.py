@@ -38,6 +38,7 @@ from mmctr.training.distributed import DistContext, init_distributed, shutdown_d
 from mmctr.training.graphs import GraphedStep
 from mmctr.training.guard import DivergenceGuard
 from mmctr.training.metrics import evaluate_predictions, monitor_value
+from mmctr.training.step import TrainStep, autocast_ctx
 from mmctr.utils import (
     atomic_write_text,
     cpu_supports_bf16,
@@ -85,14 +86,6 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
             stacklevel=2,
         )
     return bool(setting)
-
-
-def autocast_ctx(device: torch.device, enabled: bool, cache: bool = True):
-    """bf16 autocast on ``device`` when ``enabled``. ``cache=False`` while recording a CUDA
-    graph: autocast's cache of cast weights must not outlive the recording."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def cuda_graphs_off_reason(t, device: torch.device, dist: DistContext) -> str | None:
@@ -304,7 +297,6 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     model = build_model(cfg.model, ds, items).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: %s trainable parameters", f"{n_params:,}")
-    emb_params, net_params = model.regularization_groups()
     emb_reg, net_reg = _parse_reg(t.embedding_regularizer), _parse_reg(t.net_regularizer)
     net_model: nn.Module = model
     if dist.enabled:
@@ -416,37 +408,19 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     guard = DivergenceGuard(optimizer, device, distributed=dist.enabled, first_step=state.step)
     check_every = 1 if device.type == "cpu" else CHECK_EVERY
 
-    def forward_backward(batch: dict[str, torch.Tensor], weight: float, scale: float) -> None:
-        """One micro-batch: summed BCE (times ``weight``), backward of it times ``scale``."""
-        with autocast_ctx(device, bf16, cache=not graphs):
-            logits = net_model(batch)
-        bce = weight * nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), batch["label"], reduction="sum"
-        )
-        (bce * scale).backward()
-        guard.add(bce)
-
-    def optimizer_step() -> None:
-        """Regularisers, clipping and the guarded optimizer step of a window."""
-        if emb_reg or net_reg:
-            # regularisers once per step, on the parameters (FuxiCTR: reg/2 * ||W||^2)
-            reg = sum((p.pow(2).sum() for p in emb_params), torch.zeros((), device=device))
-            reg = reg * (emb_reg / 2) + sum(
-                (p.pow(2).sum() for p in net_params), torch.zeros((), device=device)
-            ) * (net_reg / 2)
-            reg.backward()
-        grad_norm = None
-        if t.max_gradient_norm and t.max_gradient_norm > 0:
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.max_gradient_norm)
-        guard.step(grad_norm)  # skipped if the loss or gradients are not finite
-        optimizer.zero_grad(set_to_none=True)
-
-    def whole_step(batch: dict[str, torch.Tensor]) -> None:
-        """accumulation_steps 1, one process: the batch is the window."""
-        forward_backward(batch, 1.0, 1.0 / batch["label"].shape[0])
-        optimizer_step()
-
-    graphed = GraphedStep(whole_step, optimizer, device, log=log) if graphs else None
+    step = TrainStep(
+        model,
+        optimizer,
+        guard,
+        device,
+        bf16=bf16,
+        max_gradient_norm=t.max_gradient_norm,
+        embedding_regularizer=emb_reg,
+        net_regularizer=net_reg,
+        net_model=net_model,
+        autocast_cache=not graphs,
+    )
+    graphed = GraphedStep(step.whole, optimizer, device, log=log) if graphs else None
 
     def checked_loss(epoch: int, batch_no: int) -> tuple[float, int]:
         """(summed train loss, samples) of this epoch so far; stops a diverged run."""
@@ -498,9 +472,9 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                         batch, weight = loader.gather(torch.zeros(1, dtype=torch.long)), 0.0
                     # Mean over the samples of this optimizer step, on every rank: DDP
                     # averages gradients over ranks, so scale by world size for the global mean.
-                    forward_backward(batch, weight, dist.world_size / windows[window])
+                    step.forward_backward(batch, weight, dist.world_size / windows[window])
                 if closes_window:
-                    optimizer_step()
+                    step.optimizer_step()
             guard.count(rows)
             if not closes_window:
                 continue

@@ -11,6 +11,10 @@ rank 0 writes files.
 Loss: binary cross-entropy on logits, averaged over the samples of an optimizer step (also
 for the last, partial accumulation window of an epoch, which always steps), plus the
 embedding/net L2 regularisers.
+
+Next door: the step itself (``step.py``), the on-device NaN guard and running loss
+(``guard.py``), the CUDA-graph step (``graphs.py``), torchrun plumbing (``distributed.py``),
+checkpoints (``checkpoint.py``), metrics (``metrics.py``).
 """
 
 from __future__ import annotations

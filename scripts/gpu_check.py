@@ -14,8 +14,9 @@ each with a time budget (seconds; the slack of a stage carries to the next ones)
 3. train (335): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
    bf16: timed optimizer steps (median of 3 after warm-up) give samples/s and the epoch
    time EXTRAPOLATED from them; a profile of 5 seed bf16 steps (device-busy share, kernel
-   launches, top kernels); the seed bf16 steps once more in each variant of SIDE_BY_SIDE
-   (the host waits of the old step; one CUDA graph per step) for ratios; the CUDA-graph step against the eager one (demo architecture, fp32, no
+   launches, top kernels); the bf16 steps once more in each variant of SIDE_BY_SIDE (seed:
+   the host waits of the old step, one CUDA graph per step; rank-1: one CUDA graph per
+   step) for ratios; the CUDA-graph step against the eager one (demo architecture, fp32, no
    dropout, same batches: largest parameter difference); then, cheapest first, the
    combinations (and the graphed seed bf16 step) whose estimated epoch fits the remaining
    budget run one real epoch through ``train(cfg)`` (overrides ``epochs=1 bf16=...
@@ -150,12 +151,23 @@ def stage_load(data_dir: Path, ctx: dict[str, Any], dry: bool) -> dict[str, Any]
 
 # seed bf16 step variants measured side by side with the default: name -> (kwargs, what)
 # (length chunking forced on under bf16 was measured on 2026-11-30: the default 1.27x faster)
+# key -> (experiment, measure_train kwargs, what); each against that experiment's bf16 default
 SIDE_BY_SIDE = {
-    "host_syncs": (
+    "seed_bf16_host_syncs": (
+        "seed",
         {"host_syncs": True},
         "two host waits per step (the step before the on-device NaN guard)",
     ),
-    "cuda_graphs": ({"cuda_graphs": True}, "one CUDA graph per step (cuda_graphs: true)"),
+    "seed_bf16_cuda_graphs": (
+        "seed",
+        {"cuda_graphs": True},
+        "one CUDA graph per step (cuda_graphs: true)",
+    ),
+    "rank1_bf16_cuda_graphs": (
+        "rank1",
+        {"cuda_graphs": True},
+        "one CUDA graph per step (cuda_graphs: true)",
+    ),
 }
 
 
@@ -279,13 +291,11 @@ def stage_train(
         prof = profile_steps(runner, 5 if on_gpu else 1)
         out["seed_bf16_profile" if on_gpu else "seed_profile"] = prof
         log(describe_profile(prof))
-    # 1c) variants of the seed bf16 step, side by side with the default (same batches)
-    for variant, (kwargs, what) in SIDE_BY_SIDE.items():
+    # 1c) variants of the bf16 steps, side by side with the default (same batches)
+    for variant, (name, kwargs, what) in SIDE_BY_SIDE.items():
         if budget.left("train") < 60 or (not on_gpu and "cuda_graphs" in kwargs):
             continue
-        cfg = bd.bench_config(
-            bench.EXPERIMENTS["seed"], data_dir, _overrides(root, "seed", True, arch)
-        )
+        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, _overrides(root, name, True, arch))
         try:
             r = bench.measure_train(
                 cfg,
@@ -293,7 +303,7 @@ def stage_train(
                 split,
                 device,
                 bf16=on_gpu,  # the CPU dry run: fp32 (bf16 is emulated on most CPUs)
-                steps=steps["seed"],
+                steps=steps[name],
                 repeats=3 if on_gpu else 1,
                 warmup_steps=warmup,
                 breakdown=False,
@@ -301,15 +311,15 @@ def stage_train(
             )
         except Exception as exc:  # a variant failing must not lose the stage's figures
             traceback.print_exc()
-            out[f"seed_bf16_{variant}"] = {"what": what, "error": f"{type(exc).__name__}: {exc}"}
+            out[variant] = {"what": what, "error": f"{type(exc).__name__}: {exc}"}
             continue
         finally:
             gc.collect()
             if on_gpu:
                 torch.cuda.empty_cache()
-        base = out["runs"].get("seed_bf16", {}).get("samples_per_s")
+        base = out["runs"].get(f"{name}_bf16", {}).get("samples_per_s")
         ratio = base / r["samples_per_s"] if base else None
-        out[f"seed_bf16_{variant}"] = {
+        out[variant] = {
             "what": what,
             "samples_per_s": r["samples_per_s"],
             "step_seconds": r["step_seconds"],
@@ -319,7 +329,7 @@ def stage_train(
             "cuda_graphs": r.get("cuda_graphs"),
         }
         log(
-            f"seed_bf16 with {what}: {r['samples_per_s']:,.0f} samples/s, "
+            f"{name}_bf16 with {what}: {r['samples_per_s']:,.0f} samples/s, "
             f"{r['host_waits_per_step']} host waits/step"
             + (f" (the default is {ratio:.2f}x that)" if ratio else "")
         )

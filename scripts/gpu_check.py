@@ -317,7 +317,8 @@ def stage_train(
             gc.collect()
             if on_gpu:
                 torch.cuda.empty_cache()
-        base = out["runs"].get(f"{name}_bf16", {}).get("samples_per_s")
+        # (the CPU dry run's variants are fp32 against a bf16 default: no ratio)
+        base = out["runs"].get(f"{name}_bf16", {}).get("samples_per_s") if on_gpu else None
         ratio = base / r["samples_per_s"] if base else None
         out[variant] = {
             "what": what,

@@ -453,16 +453,13 @@ def check_item_info_table(table: pa.Table, path: str, dataset: DatasetConfig) ->
                 cc.finite(arr, offset)
                 _zero_row0_scalar(tally, f.name, arr, offset)
             elif role == "int_list":
-                vs = f.vocab_size
                 cc.list_values(
                     arr,
                     offset,
                     length=f.max_len,
                     constant_length=f.max_len is None,
-                    lo=0 if vs is not None else None,
-                    hi=vs - 1 if vs is not None else None,
-                    range_what=f"values must be in 0..{vs - 1} (vocab_size {vs})" if vs else "",
                     zero_row0=True,
+                    **_id_range(f.vocab_size),
                 )
             elif role == "float_list":
                 cc.list_values(
@@ -474,6 +471,15 @@ def check_item_info_table(table: pa.Table, path: str, dataset: DatasetConfig) ->
                     zero_row0=True,
                 )
     return problems + tally.messages()
+
+
+def _id_range(vocab_size: int | None) -> dict[str, Any]:
+    """``list_values`` bounds for ids of a ``vocab_size`` vocabulary (none when unknown;
+    config loading rejects a vocab_size below 1)."""
+    if vocab_size is None:
+        return {"lo": None, "hi": None, "range_what": ""}
+    hi = vocab_size - 1
+    return {"lo": 0, "hi": hi, "range_what": f"values must be in 0..{hi} (vocab_size {vocab_size})"}
 
 
 def _zero_row0_scalar(tally: _Tally, name: str, arr: pa.Array, offset: int) -> None:
@@ -591,15 +597,12 @@ class _SplitChecker:
             elif role == "numeric":
                 cc.finite(arr, offset)
             elif role == "int_list" and f is not None:
-                vs = f.vocab_size
                 cc.list_values(
                     arr,
                     offset,
                     length=f.max_len,
                     constant_length=f.max_len is None,
-                    lo=0 if vs else None,
-                    hi=vs - 1 if vs else None,
-                    range_what=f"values must be in 0..{vs - 1} (vocab_size {vs})" if vs else "",
+                    **_id_range(f.vocab_size),
                 )
             elif role == "float_list" and f is not None:
                 cc.list_values(arr, offset, length=f.embedding_dim, finite=True)

@@ -13,6 +13,7 @@ from mmctr.data.batching import BatchLoader
 from mmctr.data.contract import DataContractError
 from mmctr.data.dataset import read_item_table, read_split
 from mmctr.models import build_model
+from mmctr.training.guard import HostWaits
 
 
 @pytest.fixture
@@ -106,6 +107,21 @@ def test_bucketing_keeps_every_row_once(loaded):
     ld = BatchLoader(train, 64, shuffle=True, seed=1, bucket_by_length=True)
     idx = torch.cat([b["index"] for b in ld])
     assert torch.equal(torch.sort(idx).values, torch.arange(train.n_rows))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_a_batch_is_built_without_reading_device_values(loaded, on_device):
+    """Width and item count come from the host copy of the lengths: with the store on a GPU
+    (on_device) nothing in gather would make the host wait for it."""
+    _, train = loaded
+    ld = BatchLoader(train, 256, shuffle=True, min_seq_len=3, on_device=on_device)
+    idx = torch.randperm(train.n_rows)[:256]
+    with HostWaits() as waits:
+        batch = ld.gather(idx)
+    assert waits.total == 0, dict(waits.ops)
+    lengths = (batch["item_seq"] != 0).sum(1)
+    assert batch["item_seq"].shape[1] == max(int(lengths.max()), 3)  # trimmed all the same
+    assert torch.equal(lengths, torch.from_numpy(train.seq_len[idx.numpy()]).long())
 
 
 def test_trimming_is_bit_identical_in_eval_mode(tiny_dataset_config, loaded):

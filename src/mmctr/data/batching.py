@@ -79,7 +79,10 @@ class BatchLoader:
         }
         if split.labels is not None:
             self._tensors["label"] = torch.from_numpy(split.labels).to(store)
-        self._seq_len = torch.from_numpy(split.seq_len.astype(np.int64)).to(store)
+        # lengths twice: on the host, where the batch width and item count are read without
+        # waiting for a device, and where the gather runs
+        self._seq_len_host = split.seq_len.astype(np.int64)
+        self._seq_len = torch.from_numpy(self._seq_len_host).to(store)
         self._hist_values = torch.from_numpy(split.history.values).to(store)
         self._hist_offsets = torch.from_numpy(split.history.offsets).to(store)
         self._pin = pin_memory and self.device.type == "cuda" and not on_device
@@ -101,7 +104,7 @@ class BatchLoader:
         """Sort each window of 50 global batches by length, then shuffle whole batches."""
         gb = self.batch_size * self.world_size
         window = gb * 50
-        lens = self._seq_len.cpu()[perm]
+        lens = torch.from_numpy(self._seq_len_host)[perm]
         parts = []
         for s in range(0, len(perm), window):
             chunk = perm[s : s + window]
@@ -129,7 +132,7 @@ class BatchLoader:
         """The batch of rows ``idx`` (file row numbers), trimmed and on the target device."""
         idx_s = idx.to(self._seq_len.device)
         batch: Batch = {k: t.index_select(0, idx_s) for k, t in self._tensors.items()}
-        batch[HISTORY_COL] = self._history(idx_s)
+        batch[HISTORY_COL] = self._history(idx_s, idx.cpu().numpy())
         batch["index"] = idx_s
         out: Batch = {}
         for k, t in batch.items():
@@ -140,17 +143,20 @@ class BatchLoader:
             out[k] = t.to(self.device, non_blocking=True)
         return out
 
-    def _history(self, idx: torch.Tensor) -> torch.Tensor:
+    def _history(self, idx: torch.Tensor, idx_host: np.ndarray) -> torch.Tensor:
         """Left-padded (B, L') histories of rows ``idx`` rebuilt from the compact store.
 
         L' is the file width, or with trimming the longest history of the batch (at least
         ``min_seq_len``). Work is proportional to the number of real items, not B * width.
+        The width and the item count come from the host copy of the lengths (``idx_host``:
+        the same rows), so a store on the GPU (``on_device``) never makes the host wait.
         """
         lens = self._seq_len.index_select(0, idx)
+        lens_host = self._seq_len_host[idx_host]
         width = self._width
         if self.trim_padding and len(idx):
-            width = min(width, max(int(lens.max()), self.min_seq_len))
-        total = int(lens.sum()) if len(idx) else 0
+            width = min(width, max(int(lens_host.max()), self.min_seq_len))
+        total = int(lens_host.sum()) if len(idx) else 0
         out = torch.zeros(len(idx), width, dtype=torch.int64, device=lens.device)
         if total:
             row = torch.repeat_interleave(torch.arange(len(idx), device=lens.device), lens, output_size=total)

@@ -14,14 +14,15 @@ each with a time budget (seconds; the slack of a stage carries to the next ones)
 3. train (335): the MMCTR seed and rank-1 experiments (config/MMCTR), each in fp32 and in
    bf16: timed optimizer steps (median of 3 after warm-up) give samples/s and the epoch
    time EXTRAPOLATED from them; a profile of 5 seed bf16 steps (device-busy share, kernel
-   launches, top kernels); the bf16 steps once more in each variant of SIDE_BY_SIDE (seed:
-   the host waits of the old step, one CUDA graph per step; rank-1: one CUDA graph per
-   step) for ratios; the CUDA-graph step against the eager one (demo architecture, fp32, no
-   dropout, same batches: largest parameter difference); then, cheapest first, the
-   combinations (and the graphed seed bf16 step) whose estimated epoch fits the remaining
-   budget run one real epoch through ``train(cfg)`` (overrides ``epochs=1 bf16=...
-   [cuda_graphs=true]``), which also reports valid/test AUC. Every figure says whether it
-   was measured over a whole epoch or extrapolated;
+   launches, top kernels); the seed bf16 step with the old step's two host waits, side by
+   side; one real seed bf16 epoch through ``train(cfg)`` with the default step. Only then
+   the CUDA-graph step (``cuda_graphs``), so that a failed recording cannot cost those
+   figures: seed and rank-1 bf16 side by side with their defaults, the graphed step against
+   the eager one (demo architecture, fp32, no dropout, same batches: largest parameter
+   difference), and one real seed bf16 epoch with ``cuda_graphs=true``. Then the other
+   combinations' real epochs, cheapest first, while the budget allows (overrides
+   ``epochs=1 bf16=... [cuda_graphs=true]``; each also reports valid/test AUC). Every
+   figure says whether it was measured over a whole epoch or extrapolated;
 4. predict (20): ``predict_submission`` for a trained seed run (the test split, file order,
    CSV + zip), and ``predict_probs`` over the whole test split;
 5. embed (55): ~20,000 item images written by the demo generator's image writer, a
@@ -288,13 +289,19 @@ def stage_train(
     # 1b) where the seed bf16 step's wall time goes: device busy time against host time
     runner = ctx.get("predict_runner")
     if runner is not None and budget.left("train") > 60:
-        prof = profile_steps(runner, 5 if on_gpu else 1)
-        out["seed_bf16_profile" if on_gpu else "seed_profile"] = prof
-        log(describe_profile(prof))
-    # 1c) variants of the bf16 steps, side by side with the default (same batches)
-    for variant, (name, kwargs, what) in SIDE_BY_SIDE.items():
+        key = "seed_bf16_profile" if on_gpu else "seed_profile"
+        try:
+            out[key] = profile_steps(runner, 5 if on_gpu else 1)
+            log(describe_profile(out[key]))
+        except Exception as exc:  # a diagnostic failing must not lose the stage's figures
+            traceback.print_exc()
+            out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    def side_by_side(variant: str) -> None:
+        """SIDE_BY_SIDE[variant] against its experiment's bf16 default (same batches)."""
+        name, kwargs, what = SIDE_BY_SIDE[variant]
         if budget.left("train") < 60 or (not on_gpu and "cuda_graphs" in kwargs):
-            continue
+            return
         cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, _overrides(root, name, True, arch))
         try:
             r = bench.measure_train(
@@ -312,7 +319,7 @@ def stage_train(
         except Exception as exc:  # a variant failing must not lose the stage's figures
             traceback.print_exc()
             out[variant] = {"what": what, "error": f"{type(exc).__name__}: {exc}"}
-            continue
+            return
         finally:
             gc.collect()
             if on_gpu:
@@ -334,31 +341,11 @@ def stage_train(
             f"{r['host_waits_per_step']} host waits/step"
             + (f" (the default is {ratio:.2f}x that)" if ratio else "")
         )
-    # 1d) a CUDA-graph step computes what the eager step computes (no dropout, fp32)
-    if on_gpu and budget.left("train") > 60:
-        try:
-            out["cuda_graphs_match_eager"] = graphs_match_eager(data_dir, items, split, device)
-            log(f"cuda_graphs against eager: {out['cuda_graphs_match_eager']}")
-        except Exception as exc:
-            traceback.print_exc()
-            out["cuda_graphs_match_eager"] = {"error": f"{type(exc).__name__}: {exc}"}
-        gc.collect()
-        torch.cuda.empty_cache()
-    # 2) real epochs, cheapest first, while the budget allows
+
     load_s = ctx.get("load_seconds", 10.0)
-    candidates = [  # (key, experiment, bf16, extra overrides, its figures)
-        (k, *k.split("_"), [], v)
-        for k, v in out["runs"].items()
-        if "epoch_seconds_extrapolated" in v
-    ]
-    graphs_run = out.get("seed_bf16_cuda_graphs", {})
-    if "epoch_seconds_extrapolated" in graphs_run:
-        candidates.append(
-            ("seed_bf16_cuda_graphs", "seed", "bf16", ["cuda_graphs=true"], graphs_run)
-        )
-    for key, name, prec, extra, r in sorted(
-        candidates, key=lambda c: c[-1]["epoch_seconds_extrapolated"]
-    ):
+
+    def real_epoch(key: str, name: str, prec: str, extra: list[str], r: dict[str, Any]) -> None:
+        """One real epoch through train(cfg), if the budget allows; the result goes into r."""
         # reading the data again, evaluation, checkpoints: 2 loads + 25% of the epoch + 20 s
         need = 1.25 * r["epoch_seconds_extrapolated"] + 2 * load_s + 20
         left = budget.left("train")
@@ -367,7 +354,7 @@ def stage_train(
             log(
                 f"{key}: one real epoch needs ~{need:.0f} s, {left:.0f} s left -> extrapolated only"
             )
-            continue
+            return
         folder = f"{name}_graphs" if extra else name
         overrides = [*_overrides(root, folder, prec == "bf16", arch), *extra]
         cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, overrides)
@@ -378,7 +365,11 @@ def stage_train(
         except Exception as exc:
             traceback.print_exc()
             r["real_epoch"] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
+            return
+        finally:
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
         wall = time.perf_counter() - t
         r["real_epoch"] = {
             "wall_seconds": wall,
@@ -397,9 +388,34 @@ def stage_train(
             f"{key}: epoch {res['train_seconds']:.1f} s (wall {wall:.1f} s), valid AUC "
             f"{res['valid'].get('AUC', float('nan')):.4f}"
         )
+
+    # 1c) the eager variants; 2a) the real seed epoch with the default step. Both come before
+    #     anything CUDA-graph related, so that a failed recording cannot cost these figures.
+    side_by_side("seed_bf16_host_syncs")
+    runs = out["runs"]
+    first = "seed_bf16" if on_gpu else "seed_fp32"
+    if "epoch_seconds_extrapolated" in runs.get(first, {}):
+        real_epoch(first, "seed", first.split("_")[1], [], runs[first])
+    # 1d) the CUDA-graph step: side by side, against eager (no dropout, fp32), one real epoch
+    side_by_side("seed_bf16_cuda_graphs")
+    side_by_side("rank1_bf16_cuda_graphs")
+    if on_gpu and budget.left("train") > 60:
+        try:
+            out["cuda_graphs_match_eager"] = graphs_match_eager(data_dir, items, split, device)
+            log(f"cuda_graphs against eager: {out['cuda_graphs_match_eager']}")
+        except Exception as exc:
+            traceback.print_exc()
+            out["cuda_graphs_match_eager"] = {"error": f"{type(exc).__name__}: {exc}"}
         gc.collect()
-        if on_gpu:
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
+    graphs_run = out.get("seed_bf16_cuda_graphs", {})
+    if "epoch_seconds_extrapolated" in graphs_run:
+        real_epoch("seed_bf16_cuda_graphs", "seed", "bf16", ["cuda_graphs=true"], graphs_run)
+    # 2b) the other combinations' real epochs, cheapest first, while the budget allows
+    rest = [(k, v) for k, v in runs.items() if k != first and "epoch_seconds_extrapolated" in v]
+    for key, r in sorted(rest, key=lambda kv: kv[1]["epoch_seconds_extrapolated"]):
+        name, prec = key.split("_")
+        real_epoch(key, name, prec, [], r)
     return out
 
 

@@ -16,7 +16,8 @@ optimizer step) and replays them with one launch. What that needs, and how it is
 - numbers the kernels were recorded with: the learning rate is baked into the fused
   optimizer kernel, so a change (decay on plateau) records the graph again.
 
-The gradients of a replay live in the graph's private memory. Eager steps start from
+A recording that raises also turns graphs off and the run goes on eagerly, with the reason
+in the log. The gradients of a replay live in the graph's private memory. Eager steps start from
 ``grad=None``, so they never add to them. Only one process (no torchrun) and
 ``accumulation_steps: 1``; the trainer checks that before building one.
 """

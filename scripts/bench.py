@@ -156,7 +156,7 @@ class StepRunner:
 
         from mmctr.data.batching import BatchLoader
         from mmctr.models import build_model
-        from mmctr.training.graphs import GraphedStep
+        from mmctr.training.graphs import GraphedStep, configure_for_graphs
         from mmctr.training.guard import DivergenceGuard
         from mmctr.training.step import TrainStep
         from mmctr.training.trainer import _parse_reg, make_optimizer
@@ -175,8 +175,6 @@ class StepRunner:
             self.model.min_seq_len = int(cfg.trainer.max_len or 100)
             if hasattr(self.model, "sequence"):
                 self.model.sequence.length_chunks = False
-        if cuda_graphs and hasattr(self.model, "sequence"):
-            self.model.sequence.length_chunks = False  # as the trainer does under graphs
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = make_optimizer(
             t.optimizer, self.model.parameters(), t.learning_rate, t.weight_decay
@@ -214,9 +212,7 @@ class StepRunner:
         )
         self.graphed = None
         if cuda_graphs:  # the trainer's CUDA-graph step (training/graphs.py)
-            for g in self.optimizer.param_groups:
-                if "capturable" in g:
-                    g["capturable"] = True
+            configure_for_graphs(self.model, self.optimizer, True)
             self.graphed = GraphedStep(self.train_step.whole, self.optimizer, device)
         self.model.train()
 

@@ -35,6 +35,22 @@ from mmctr.training.guard import HostWaits
 Batch = dict[str, torch.Tensor]
 
 
+def configure_for_graphs(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, on: bool
+) -> None:
+    """Set up a model and its optimizer for a recorded step (``on``) or an eager one.
+
+    Adam/AdamW's ``capturable`` flag follows ``on`` (it is cleared too, as a resumed optimizer
+    state may carry it). When on, the sequence encoder's length chunking goes off: chunk
+    sizes are data that the host would read.
+    """
+    for g in optimizer.param_groups:
+        if "capturable" in g:
+            g["capturable"] = on
+    if on and hasattr(model, "sequence"):
+        model.sequence.length_chunks = False
+
+
 class CudaGraphAPI:
     """The two CUDA calls :class:`GraphedStep` makes (a test substitutes a CPU stand-in)."""
 

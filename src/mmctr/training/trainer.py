@@ -39,7 +39,7 @@ from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_spli
 from mmctr.models import build_model
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
-from mmctr.training.graphs import GraphedStep
+from mmctr.training.graphs import GraphedStep, configure_for_graphs
 from mmctr.training.guard import DivergenceGuard
 from mmctr.training.metrics import evaluate_predictions, monitor_value
 from mmctr.training.step import TrainStep, autocast_ctx
@@ -308,8 +308,6 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = make_optimizer(t.optimizer, model.parameters(), t.learning_rate, t.weight_decay)
-    if graphs and hasattr(model, "sequence"):
-        model.sequence.length_chunks = False  # chunk sizes are data: they need host waits
     state = TrainerState(lr=t.learning_rate)
     items_shapes = ckpt_io.item_table_shapes(items)
     cfg_dict = cfg.to_dict()
@@ -332,8 +330,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         )
     for g in optimizer.param_groups:
         g["lr"] = state.lr
-        if "capturable" in g:  # Adam/AdamW: their step may be recorded in a CUDA graph
-            g["capturable"] = graphs
+    configure_for_graphs(model, optimizer, graphs)  # after a resume loaded the optimizer
 
     sign = 1.0 if t.monitor_mode == "max" else -1.0
     global_batch = t.batch_size * dist.world_size

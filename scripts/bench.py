@@ -353,7 +353,7 @@ def measure_train(
     seq = getattr(runner.model, "sequence", None)
     if seq is not None:
         chunks = seq.length_chunks
-        default = not (device.type == "cuda" and bf16)  # SequenceEncoder's default
+        default = seq.chunks_by_default(device.type == "cuda", bf16)
         out["sequence_chunks"] = default if chunks is None else bool(chunks)
     if shares:
         out["breakdown"] = {k: bd.median([s[k] for s in shares]) for k in shares[0]}

@@ -252,6 +252,11 @@ class SequenceEncoder(nn.Module):
         self.min_chunk_width = max(1, int(min_chunk_width))
         self.out_dim = self.first_k_cols * self.d_model + (self.d_model if concat_max_pool else 0)
 
+    @staticmethod
+    def chunks_by_default(on_cuda: bool, bf16_autocast: bool) -> bool:
+        """What ``length_chunks=None`` means: chunk, except under CUDA bf16 autocast."""
+        return not (on_cuda and bf16_autocast)
+
     def _encode(self, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """(b, l, 2D) tokens -> (b, out_dim) readout, for rows padded to a common width l."""
         k = self.first_k_cols
@@ -279,7 +284,7 @@ class SequenceEncoder(nn.Module):
         tokens = torch.cat([history, target.unsqueeze(1).expand(-1, seq_w, -1)], dim=-1)
         chunks = self.length_chunks
         if chunks is None:
-            chunks = not (tokens.is_cuda and torch.is_autocast_enabled("cuda"))
+            chunks = self.chunks_by_default(tokens.is_cuda, torch.is_autocast_enabled("cuda"))
         if not chunks or b == 0:
             return self._encode(tokens, pad)
         lengths = (~pad).sum(dim=1)

@@ -13,6 +13,7 @@ import yaml
 
 from mmctr.cli.common import UserError, add_experiment_args, run_cli
 from mmctr.config import (
+    HASH_FOREIGN,
     HASH_MISMATCH_ALLOWED,
     HASH_NOT_TUNER_ID,
     HASH_OK,
@@ -504,8 +505,10 @@ def test_hash_is_stable_under_key_order_number_spelling_and_run_environment():
 
 
 def _write_tuner_style_config(tmp_path: Path, params: dict, expid: str) -> Path:
-    """What a tuner writes: one block holding the resolved params, plus the dataset block."""
+    """What a tuner writes: one block holding the resolved params and the tuner key, plus the
+    dataset block."""
     block = {k: v for k, v in params.items() if k not in ("feature_cols", "label_col")}
+    block["tuner"] = "config/tuner/grid.yaml"
     d = write_config(tmp_path, yaml.safe_dump({expid: block}, sort_keys=False))
     return d
 
@@ -540,6 +543,19 @@ def test_tuner_id_hash_is_checked_on_load(tmp_path):
     (d / "model_config.yaml").write_text(text)
     with pytest.raises(ConfigError, match="edited by hand or overridden"):
         load_config(d, expid)
+
+
+def test_fuxictr_tuner_ids_load_unchanged_with_a_notice(tmp_path):
+    """FuxiCTR's tuner writes ids of the same form with its own hash (the first-place
+    solution's Transformer_DCN_MicroLens_1M_x1_001_820c435c): no 'tuner' key, not checked."""
+    params = load_config(write_config(tmp_path), EXPID).params
+    expid = "Transformer_DCN_MicroLens_1M_x1_001_820c435c"
+    block = {k: v for k, v in params.items() if k not in ("feature_cols", "label_col")}
+    d = write_config(tmp_path, yaml.safe_dump({expid: block}, sort_keys=False))
+    cfg = load_config(d, expid)
+    assert cfg.hash_check == HASH_FOREIGN
+    assert any("is not checked" in n for n in cfg.notices)
+    assert cfg.to_dict()["_meta"]["hash_check"] == HASH_FOREIGN
 
 
 # ---------------------------------------------------------------------------- round trip

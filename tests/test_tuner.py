@@ -233,3 +233,34 @@ def test_dry_run_writes_configs_and_runs_nothing(
         assert load_config(tuner.parent / "dry", expid).hash_check == HASH_OK
     assert "nothing was run" in out
     assert not model_root.exists()
+
+
+def test_a_duplicate_grid_point_runs_once(tiny_data: Path, tmp_path: Path) -> None:
+    base, _ = make_base(tmp_path, tiny_data)
+    tuner = write_tuner(tmp_path, "dup", base, {"learning_rate": [1.0e-3, 0.001, 2.0e-3]})
+    said: list[str] = []
+    rows = run_tuner(tuner, gpus=[-1], dry_run=True, echo=said.append)
+    assert [parse_tuner_id(r["expid"])[1] for r in rows] == [1, 3]
+    assert any("grid point 2/3" in s and "same experiment as" in s for s in said)
+
+
+def test_a_grown_grid_reuses_runs_finished_under_another_number(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Adding a value renumbers the grid points; the hash still names each experiment."""
+    base, model_root = make_base(tmp_path, tiny_data)
+    tuner = write_tuner(tmp_path, "grow", base, {"net_dropout": [0.0, 0.1]})
+    first = run_tuner(tuner, gpus=[-1], dry_run=True, echo=lambda _: None)
+    for row in first:  # pretend both finished
+        run_dir = Path(row["run_dir"])
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text('{"valid": {"AUC": 0.6, "logloss": 0.5}}')
+    tuner = write_tuner(tmp_path, "grow", base, {"net_dropout": [0.05, 0.0, 0.1]})
+    said: list[str] = []
+    rows = run_tuner(tuner, gpus=[-1], dry_run=True, echo=said.append)
+    assert [r["status"] for r in rows] == ["skipped", "finished", "finished"]
+    assert [Path(r["run_dir"]).name for r in rows[1:]] == [r["expid"] for r in first]
+    assert [parse_tuner_id(r["expid"])[1] for r in rows] == [1, 2, 3]  # renumbered
+    assert any("finished as" in s for s in said)
+    cfg = load_config(tuner.parent / "grow", rows[0]["expid"])
+    assert cfg.params["tuner"] == str(tuner) and cfg.hash_check == HASH_OK

@@ -16,6 +16,7 @@ from mmctr.config.expid import (
     parse_tuner_id,
 )
 from mmctr.config.loader import (
+    HASH_FOREIGN,
     HASH_MISMATCH_ALLOWED,
     HASH_NOT_TUNER_ID,
     HASH_OK,
@@ -43,6 +44,7 @@ from mmctr.config.schema import (
 
 __all__ = [
     "FEATURE_TYPES",
+    "HASH_FOREIGN",
     "HASH_MISMATCH_ALLOWED",
     "HASH_NOT_TUNER_ID",
     "HASH_OK",

@@ -43,6 +43,7 @@ RUN_ENVIRONMENT_KEYS = frozenset(
         "pin_memory",
         "data_on_device",
         "cuda_graphs",
+        "tuner",
     }
 )
 

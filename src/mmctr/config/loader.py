@@ -52,6 +52,7 @@ OVERRIDE_SOURCE = "--override"
 HASH_OK = "ok"
 HASH_NOT_TUNER_ID = "not a tuner id"
 HASH_MISMATCH_ALLOWED = "MISMATCH allowed by --allow-hash-mismatch"
+HASH_FOREIGN = "not checked: a tuner-style id without a 'tuner' key (FuxiCTR's hash)"
 
 # FuxiCTR feature_cols keys that mmctr accepts and ignores (a notice each).
 IGNORED_FEATURE_KEYS = frozenset(
@@ -603,6 +604,12 @@ def _check_hash(cfg: ExperimentConfig, allow_mismatch: bool) -> str:
     m = TUNER_ID_RE.match(cfg.expid)
     if m is None:
         return HASH_NOT_TUNER_ID
+    if cfg.params.get("tuner") is None:  # e.g. FuxiCTR's tuner output, brought unchanged
+        cfg.notices.append(
+            f"expid {cfg.expid} has the form of a tuner id, but its block has no 'tuner' key "
+            "(mmctr's tuner writes one): its hash is not mmctr's and is not checked"
+        )
+        return HASH_FOREIGN
     said, actual = m.group(3), experiment_hash(cfg.params)[:8]
     if said == actual:
         return HASH_OK

@@ -129,6 +129,9 @@ class TrainerConfig:
     # one CUDA graph of the whole training step (one GPU, accumulation_steps 1); see
     # mmctr/training/graphs.py. Off until measured faster on a GPU (scripts/gpu_check.py).
     cuda_graphs: bool = False
+    # the tuner file that wrote this experiment (run_param_tuner.py sets it): its expid's hash
+    # is ours and is checked on load; FuxiCTR's tuner ids carry no such key and are not
+    tuner: str | None = None
 
 
 @dataclass

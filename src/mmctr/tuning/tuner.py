@@ -58,7 +58,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,6 +74,7 @@ from mmctr.config import (
     load_config,
     load_yaml,
     make_expid,
+    parse_tuner_id,
 )
 from mmctr.config import loader as config_loader
 from mmctr.utils import atomic_write_text
@@ -106,6 +107,7 @@ class TunerSpec:
     dataset_params: dict[str, Any]  # the dataset block, tuner scalars applied
     axes: dict[str, list[Any]]  # key -> values, in grid order
     dataset_keys: frozenset[str]  # the axis keys that belong to the dataset block
+    notices: list[str] = field(default_factory=list)  # said once, by run_tuner
 
 
 @dataclass
@@ -221,6 +223,7 @@ def plan_grid(spec: TunerSpec) -> list[Experiment]:
     dataset_axes = [k for k in keys if k in spec.dataset_keys]
     dataset_ids: dict[str, str] = {}  # canonical JSON of the dataset point -> derived id
     experiments = []
+    seen: dict[str, str] = {}  # hash -> expid of the first grid point with it
     for index, point in enumerate(points, start=1):
         tuned = dict(zip(keys, copy.deepcopy(point)))
         if dataset_axes:
@@ -230,7 +233,7 @@ def plan_grid(spec: TunerSpec) -> list[Experiment]:
             )
         else:
             dataset_id = spec.dataset_id
-        model_block = {"dataset_id": dataset_id}
+        model_block = {"dataset_id": dataset_id, "tuner": str(spec.path)}
         model_block.update({k: v for k, v in tuned.items() if k not in spec.dataset_keys})
         dataset_block = copy.deepcopy(spec.dataset_params)
         dataset_block.update({k: v for k, v in tuned.items() if k in spec.dataset_keys})
@@ -239,10 +242,17 @@ def plan_grid(spec: TunerSpec) -> list[Experiment]:
         shown = ", ".join(f"{k}={_cell(v)}" for k, v in tuned.items()) or "no axes"
         origin = f"{spec.path}: grid point {index}/{n} ({shown})"
         cfg = build_config(spec.base_expid, params, origin=origin)
+        expid = make_expid(spec.base_expid, index, cfg.params)
+        first = seen.setdefault(expid[-8:], expid)
+        if first != expid:
+            spec.notices.append(
+                f"grid point {index}/{n} ({shown}) is the same experiment as {first}: run once"
+            )
+            continue
         experiments.append(
             Experiment(
                 index=index,
-                expid=make_expid(spec.base_expid, index, cfg.params),
+                expid=expid,
                 dataset_id=dataset_id,
                 tuned=tuned,
                 model_block=model_block,
@@ -324,6 +334,8 @@ def run_tuner(
     experiments = plan_grid(spec)
     if not experiments:
         raise ConfigError(f"{spec.path}: the grid is empty")
+    for notice in spec.notices:
+        echo(f"notice: {notice}")
     config_dir = write_tuner_configs(spec, experiments, echo)
     script = Path(run_expid_script) if run_expid_script else RUN_EXPID
     if not script.is_file():
@@ -355,6 +367,12 @@ def run_tuner(
             valid=None,
         )
         metrics = _finished_metrics(run_dir)
+        if metrics is None and not rerun:  # finished under another grid position?
+            earlier = _finished_same_hash(exp.expid, run_dir.parent)
+            if earlier is not None:
+                run_dir, metrics = earlier
+                row["run_dir"] = str(run_dir)
+                echo(f"{exp.expid}: the same experiment finished as {run_dir.name}; reusing it")
         if metrics is not None and not rerun:
             _fill_metrics(row, metrics)
             row["status"] = FINISHED
@@ -522,6 +540,22 @@ def _child_env(slots: list[int]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ results
+
+
+def _finished_same_hash(expid: str, folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """A finished run ``<base>_<other NNN>_<hash8>`` in ``folder`` with ``expid``'s base and
+    hash (a grown grid renumbers its points; the hash names the experiment)."""
+    parsed = parse_tuner_id(expid)
+    if parsed is None or not folder.is_dir():
+        return None
+    base, _, hash8 = parsed
+    for run_dir in sorted(folder.glob(f"*_{hash8}")):
+        other = parse_tuner_id(run_dir.name)
+        if other is not None and other[0] == base and other[2] == hash8:
+            metrics = _finished_metrics(run_dir)
+            if metrics is not None:
+                return run_dir, metrics
+    return None
 
 
 def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:

@@ -10,8 +10,12 @@ each batch; --gpu 0 1 picks GPUs, --gpu -1 the CPU). Across processes or machine
 torchrun --nproc_per_node=4 generate_embeddings.py ... (each rank encodes every 4th shard;
 --cache-dir must be shared; rank 0 fits the PCA and writes). Raw features are cached per
 shard, so a rerun only encodes what is missing (--force: everything). Next to the output go
-<stem>.status.csv (ok / missing / corrupt / padding per item) and <stem>.pca.npz (the PCA,
-for projecting new items: mmctr.embedding.load_pca / project).
+<stem>.status.csv (ok / missing / corrupt / padding per item) and <stem>.pca.npz (the PCA).
+
+New items later: rerun with --pca <stem>.pca.npz. The saved PCA projects every item, so the
+items embedded before keep their vectors bit for bit (a trained model still fits them).
+Without --pca a new PCA is fit on the current items and every vector changes; a different
+<stem>.pca.npz already there is then kept as <stem>.pca.prev.npz (one generation).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from mmctr.cli.common import UserError, run_cli
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="generate_embeddings.py",
-        description=__doc__.split("\n\n")[2],
+        description="\n\n".join(__doc__.split("\n\n")[2:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--item-info", required=True, metavar="PATH", help="item_info.parquet")
@@ -39,7 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--column", default="item_emb_d128", help="embedding column to write (default: %(default)s)"
     )
-    p.add_argument("--dim", type=int, default=128, help="PCA output width (default: %(default)s)")
+    p.add_argument(
+        "--dim", type=int, default=None, help="PCA output width (default: 128, or the --pca width)"
+    )
+    p.add_argument(
+        "--pca",
+        metavar="FILE",
+        help="project with this saved PCA (<stem>.pca.npz of an earlier run) instead of "
+        "fitting a new one: items embedded before keep their vectors exactly. Its feature "
+        "width and model must match --model",
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             shard_size=args.shard_size,
             seed=args.seed,
             progress=not args.no_progress,
+            pca=args.pca,
         )
     except EmbeddingError as exc:
         raise UserError(str(exc)) from exc
@@ -105,14 +119,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
     print(
-        f"wrote {s['column']} ({s['dim']}-d, list<float32>; data contract check: "
+        f"wrote {s['column']} ({s['dim']}-d, list<float32>; output check: "
         f"{s['contract_check']}) for {s['n_items']} items: {s['out']}"
     )
     print(f"status ({counts}): {s['status_file']}")
+    how = "fit here" if s["pca_source"] == "fit" else f"from --pca {s['pca_source']}"
     print(
-        f"PCA {s['raw_dim']} -> {s['dim']} keeps {100 * s['explained_variance']:.1f}% "
+        f"PCA {s['raw_dim']} -> {s['dim']} ({how}) keeps {100 * s['explained_variance']:.1f}% "
         f"of the variance: {s['pca_file']}"
     )
+    if s["pca_previous"]:
+        print(
+            f"the PCA changed (every vector moved); the previous one is kept: "
+            f"{s['pca_previous']} (rerun with --pca {s['pca_previous']} to keep the old vectors)"
+        )
     print(
         f"raw features: {s['cache_dir']} ({len(s['shards_computed'])} shard(s) encoded, "
         f"{len(s['shards_reused'])} reused; {s['images_per_s']:.1f} images/s)"

@@ -324,29 +324,168 @@ def test_cache_key_depends_on_model_and_settings(tiny_clip: Path, tmp_path: Path
     assert pipeline_mod._cache_key(a, None) != pipeline_mod._cache_key(a, torch.bfloat16)
 
 
-def test_contract_check_on_output(tmp_path: Path) -> None:
-    pytest.importorskip("mmctr.data.contract")
-    from mmctr.data.contract import DataContractError
+def test_output_vectors_are_checked_before_writing(tmp_path: Path) -> None:
+    ids = np.arange(3)
+    good = np.ones((3, 4), dtype=np.float32)
+    good[0] = 0
+    pipeline_mod._check_vectors(good, ids, tmp_path / "o.parquet", "emb")
+    bad = good.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(EmbeddingError, match=r"o.parquet: emb would hold NaN/inf .* item 2"):
+        pipeline_mod._check_vectors(bad, ids, tmp_path / "o.parquet", "emb")
+    bad = good.copy()
+    bad[0, 3] = 1
+    with pytest.raises(EmbeddingError, match="row 0 .padding. is not all zero"):
+        pipeline_mod._check_vectors(bad, ids, tmp_path / "o.parquet", "emb")
 
-    emb = np.ones((3, 128), dtype=np.float32)
-    emb[0] = 0
-    table = pa.table(
-        {
-            "item_id": pa.array([0, 1, 2], pa.int64()),
-            "item_tags": pa.array(
-                [[0] * 5, [0, 0, 0, 1, 2], [0, 0, 0, 0, 3]], pa.list_(pa.int64())
-            ),
-            "item_emb_d128": pa.array(list(emb), pa.list_(pa.float32())),
-        }
+
+@pytest.mark.timeout(60)
+def test_other_datasets_tag_vocabularies_are_not_refused(tiny_clip, tmp_path):
+    """Stage 1 reads item_id and writes one column; it must not impose MicroLens's item_tags
+    vocabulary (11,740) on a dataset with other tag ids (it used to, after encoding)."""
+    info, images = make_items(tmp_path, n=140)  # >= 128 ok images: 128-d item_emb_d128
+    table = pq.read_table(info)
+    tags = [[0] * 5] + [[0, 0, 0, 20_000 + i, 3] for i in range(1, 140)]
+    k = table.column_names.index("item_tags")
+    table = table.set_column(k, "item_tags", pa.array(tags, pa.list_(pa.int64())))
+    pq.write_table(table, info)
+    s = generate_embeddings(info, images, model=str(tiny_clip), num_workers=0, progress=False)
+    assert s["dim"] == 128 and s["counts"]["ok"] == 135
+    after = pq.read_table(info)
+    assert after.column("item_tags").equals(table.column("item_tags"))
+    assert _vectors(info).shape == (140, 128)
+
+
+def _write_ids(path: Path, ids: pa.Array) -> Path:
+    pq.write_table(pa.table({"item_id": ids, "x": pa.array(range(len(ids)))}), path)
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_bad_item_ids_and_out_fail_before_any_encoding(tiny_clip, tmp_path, monkeypatch):
+    def no_encoding(*a, **k):
+        raise AssertionError("encoding started before the inputs were checked")
+
+    monkeypatch.setattr(pipeline_mod, "_encode", no_encoding)
+    _, images = make_items(tmp_path)
+    kw = dict(model=str(tiny_clip), dim=DIM, num_workers=0, progress=False)
+    cases = {
+        "str": (pa.array([f"id{i}" for i in range(5)]), r"column item_id has type string"),
+        "half": (pa.array(np.arange(5) + 0.5), r"holds double values such as 0.5"),
+        "order": (pa.array([0, 2, 1, 3, 4]), r"row 1 has item_id 2; expected item_id == row"),
+        "gap": (pa.array([0, 1, 2, 4, 5]), r"row 3 has item_id 4"),
+        "null": (pa.array([0, 1, None, 3, 4], pa.int64()), r"1 nulls"),
+    }
+    for name, (ids, msg) in cases.items():
+        path = _write_ids(tmp_path / f"{name}.parquet", ids)
+        with pytest.raises(EmbeddingError, match=rf"--item-info .*{name}.parquet: .*{msg}"):
+            generate_embeddings(path, images, out=tmp_path / "o.parquet", **kw)
+    with pytest.raises(EmbeddingError, match="integer item ids"):
+        generate_embeddings(tmp_path / "str.parquet", images, out=tmp_path / "o.parquet", **kw)
+
+    # whole-valued floats (pandas writes them when a column once held NaN) are item ids
+    table, ids = pipeline_mod._read_item_info(
+        _write_ids(tmp_path / "f.parquet", pa.array(np.arange(5.0)))
     )
-    log = pipeline_mod.get_logger("mmctr.embedding")
-    path = tmp_path / "item_info.parquet"
-    assert pipeline_mod._check_contract(table, path, "item_emb_d128", 128, log) == "passed"
-    assert pipeline_mod._check_contract(table, path, "item_emb_d128", 64, log) == "skipped"
-    emb[0] = 1
-    bad = table.set_column(2, "item_emb_d128", pa.array(list(emb), pa.list_(pa.float32())))
-    with pytest.raises(DataContractError):
-        pipeline_mod._check_contract(bad, path, "item_emb_d128", 128, log)
+    assert ids.dtype == np.int64 and ids.tolist() == [0, 1, 2, 3, 4]
+
+    ok = _write_ids(tmp_path / "ok.parquet", pa.array(np.arange(5)))
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(EmbeddingError, match=r"--out .*outdir is a directory"):
+        generate_embeddings(ok, images, out=tmp_path / "outdir", **kw)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(EmbeddingError, match=r"afile is a file, not a folder"):
+        generate_embeddings(ok, images, out=tmp_path / "afile" / "o.parquet", **kw)
+
+
+@pytest.mark.timeout(90)
+def test_saved_pca_keeps_old_vectors_when_items_are_added(tiny_clip, tmp_path):
+    """New items: --pca projects them with the PCA the old vectors came from, so the old
+    items' vectors stay bit for bit; without it a refit never loses the previous PCA."""
+    info, images = make_items(tmp_path, n=60)
+    full = pq.read_table(info)
+    pq.write_table(full.slice(0, 40), info)
+    kw = dict(model=str(tiny_clip), dim=DIM, shard_size=16, num_workers=0, progress=False)
+    s1 = generate_embeddings(info, images, **kw)
+    old = _vectors(info)
+    pca_path = Path(s1["pca_file"])
+    pca_bytes = pca_path.read_bytes()
+    assert s1["pca_source"] == "fit" and s1["pca_previous"] is None
+
+    pq.write_table(full, info)  # 20 new items
+    kw.pop("dim")  # the width comes from the PCA file
+    s2 = generate_embeddings(info, images, pca=pca_path, **kw)
+    new = _vectors(info)
+    assert new.shape == (60, DIM) and s2["dim"] == DIM
+    assert np.array_equal(new[:40], old)  # bit-identical
+    assert np.abs(new[40:]).sum() > 0 and s2["pca_source"] == str(pca_path)
+    assert pca_path.read_bytes() == pca_bytes and s2["pca_previous"] is None
+    assert not pca_path.with_name("item_info.pca.prev.npz").exists()
+
+    # a plain rerun refits (every vector moves) but keeps the previous PCA beside it
+    s3 = generate_embeddings(info, images, dim=DIM, **kw)
+    prev = pca_path.with_name("item_info.pca.prev.npz")
+    assert s3["pca_previous"] == str(prev) and prev.read_bytes() == pca_bytes
+    assert not np.array_equal(_vectors(info)[:40], old)
+    # ... from which the old vectors come back exactly
+    generate_embeddings(info, images, pca=prev, **kw)
+    assert np.array_equal(_vectors(info)[:40], old)
+    # an unchanged refit leaves the files alone
+    s5 = generate_embeddings(info, images, dim=DIM, **kw)
+    s6 = generate_embeddings(info, images, dim=DIM, **kw)
+    assert s5["pca_previous"] is not None and s6["pca_previous"] is None
+
+
+@pytest.mark.timeout(60)
+def test_saved_pca_that_does_not_fit_is_refused_before_encoding(tiny_clip, tmp_path, monkeypatch):
+    def no_encoding(*a, **k):
+        raise AssertionError("encoding started before --pca was checked")
+
+    monkeypatch.setattr(pipeline_mod, "_encode", no_encoding)
+    info, images = make_items(tmp_path)
+    rng = np.random.default_rng(0)
+    kw = dict(model=str(tiny_clip), num_workers=0, progress=False, out=tmp_path / "o.parquet")
+    narrow = tmp_path / "narrow.npz"
+    save_pca(fit_pca(rng.normal(size=(20, 32)), DIM, 0, model=str(tiny_clip)), narrow)
+    with pytest.raises(EmbeddingError, match=r"--pca .*narrow.npz projects 32-d .* 256-d"):
+        generate_embeddings(info, images, pca=narrow, **kw)
+    other = tmp_path / "other.npz"
+    save_pca(fit_pca(rng.normal(size=(20, 256)), DIM, 0, model="openai/clip-vit-large"), other)
+    with pytest.raises(EmbeddingError, match=r"fit on the features of model 'openai/clip-vit-l"):
+        generate_embeddings(info, images, pca=other, **kw)
+    same = tmp_path / "same.npz"
+    moved = f"/elsewhere/{tiny_clip.name}"  # the same model folder, moved: accepted
+    save_pca(fit_pca(rng.normal(size=(20, 256)), DIM, 0, model=moved), same)
+    with pytest.raises(EmbeddingError, match=rf"--dim 4 does not match .*same.npz.* {DIM}-d"):
+        generate_embeddings(info, images, pca=same, dim=4, **kw)
+    with pytest.raises(AssertionError, match="encoding started"):
+        generate_embeddings(info, images, pca=same, **kw)
+    with pytest.raises(EmbeddingError, match=r"--pca .*nothing.npz: no such file"):
+        generate_embeddings(info, images, pca=tmp_path / "nothing.npz", **kw)
+    (tmp_path / "junk.npz").write_text("junk")
+    with pytest.raises(EmbeddingError, match=r"junk.npz: cannot read it as a PCA file"):
+        generate_embeddings(info, images, pca=tmp_path / "junk.npz", **kw)
+
+
+def test_atomic_writes_follow_a_symlink(tmp_path: Path) -> None:
+    from mmctr.utils import atomic_write_parquet, atomic_write_text
+
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "item_info.parquet"
+    real.write_text("old")
+    link = tmp_path / "item_info.parquet"
+    link.symlink_to(real)
+    atomic_write_parquet(pa.table({"a": [1, 2]}), link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert pq.read_table(real).column("a").to_pylist() == [1, 2]
+    rel = tmp_path / "rel.txt"
+    rel.symlink_to(Path("store") / "t.txt")  # relative and dangling: creates the target
+    atomic_write_text(rel, "new")
+    assert rel.is_symlink() and (tmp_path / "store" / "t.txt").read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+        "item_info.parquet",
+        "t.txt",
+    ]  # no temp files left
 
 
 def _load_script():
@@ -369,7 +508,7 @@ def test_cli(tiny_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     printed = capsys.readouterr().out
     assert str(info) in printed and "item_info.status.csv" in printed
     assert "item_info.pca.npz" in printed and "ok 135" in printed
-    assert "data contract check: passed" in printed
+    assert "output check: passed" in printed and "(fit here)" in printed
     assert _vectors(info).shape == (140, 128)
 
     with pytest.raises(SystemExit) as exc:
@@ -377,6 +516,14 @@ def test_cli(tiny_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error: --dim 512 is larger than the model's feature width 256" in err
+
+    # --pca: the saved PCA is used as it is; --out naming a folder fails at once
+    pca = str(tmp_path / "item_info.pca.npz")
+    assert cli.main([*base, "--pca", pca, "--num-workers", "0", "--no-progress"]) == 0
+    assert f"(from --pca {pca})" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: cli.main([*base, "--out", str(tmp_path)]))
+    assert exc.value.code == 2 and "is a directory" in capsys.readouterr().err
 
 
 def _free_port() -> int:

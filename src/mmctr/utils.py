@@ -21,9 +21,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     """Open a temp file next to ``path``; on success fsync and rename over ``path``.
 
     A crash (or an exception inside the block) never leaves a half-written ``path``: either
-    the old file or the complete new one is there.
+    the old file or the complete new one is there. A symlink is followed: its target is
+    replaced and the link kept.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

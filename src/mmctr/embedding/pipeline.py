@@ -3,17 +3,20 @@
 :func:`generate_embeddings` is the whole stage; ``generate_embeddings.py`` only parses its
 arguments. The work, in order:
 
-1. read item_info (row index == item_id; item 0 is the padding row) and index the image
-   folder (``<item_id>.jpg``);
+1. read item_info and check the item ids (integers, row index == item_id; item 0 is the
+   padding row; no other column is looked at), check ``out`` and a given ``pca`` file, and
+   index the image folder (``<item_id>.jpg``);
 2. split the rows into shards of ``shard_size`` items; a shard whose cache file exists, with
    the same items, image files (name, size, mtime) and model, is reused; the others are
    encoded (decoding in DataLoader workers, the model on every chosen GPU through
    ``nn.DataParallel``) and written to the cache one file at a time, so a killed run
    resumes where it stopped;
-3. fit PCA on the ``ok`` items only (fixed seed, saved next to the output), project them;
-   the padding row and every missing or corrupt item get an all-zero vector;
+3. fit PCA on the ``ok`` items only (fixed seed), or load the one given as ``pca`` (then
+   items embedded before keep their vectors bit for bit), and project them; the padding row
+   and every missing or corrupt item get an all-zero vector;
 4. write item_info back with the column replaced (every other column and row unchanged),
-   plus a per-item status table.
+   a per-item status table and the PCA (``<stem>.pca.npz``; a different PCA already there
+   is kept as ``<stem>.pca.prev.npz``, never silently lost).
 
 Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) each rank encodes the shards
 ``rank, rank + world, ...`` on its own device, all ranks meet at a barrier, and rank 0
@@ -57,8 +60,8 @@ from mmctr.embedding.images import (
     refs_fingerprint,
     split_processor,
 )
-from mmctr.embedding.pca import fit_pca, project, save_pca
-from mmctr.utils import atomic_open, atomic_write_parquet, get_logger
+from mmctr.embedding.pca import PCAProjection, fit_pca, load_pca, project, save_pca
+from mmctr.utils import atomic_open, atomic_write_bytes, atomic_write_parquet, get_logger
 
 DEFAULT_COLUMN = "item_emb_d128"
 CACHE_FORMAT = 1
@@ -145,7 +148,46 @@ def _rank_devices(gpu: int | Sequence[int] | None, dist_ctx: _Dist) -> list[torc
     return resolve_devices([ids[dist_ctx.local_rank]])
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an output path that cannot be written, before any work."""
+    status_path, pca_path = output_paths(out)
+    for name, target in (("--out", out), ("status file", status_path), ("PCA file", pca_path)):
+        if target.is_dir():
+            raise EmbeddingError(
+                f"{name} {target} is a directory; --out must name a .parquet file "
+                f"(e.g. {target / 'item_info.parquet'})"
+            )
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise EmbeddingError(f"--out {out}: {parent} is a file, not a folder")
+
+
+def _item_ids(col: Any, path: Path) -> np.ndarray:
+    """The item_id column as int64; integer types, or floats holding whole numbers."""
+    import pyarrow.types as pat
+
+    where = f"--item-info {path}: column item_id"
+    if col.null_count:
+        raise EmbeddingError(f"{where} has {col.null_count} nulls; expected integer item ids")
+    if pat.is_integer(col.type):
+        return np.asarray(col.to_numpy(), dtype=np.int64)
+    if pat.is_floating(col.type):
+        values = np.asarray(col.to_numpy(), dtype=np.float64)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if not bad.any():
+            return values.astype(np.int64)
+        raise EmbeddingError(
+            f"{where} holds {col.type} values such as {float(values[bad][0])!r}; expected integer "
+            "item ids (row index == item_id)"
+        )
+    raise EmbeddingError(
+        f"{where} has type {col.type}; expected integer item ids (row index == item_id)"
+    )
+
+
 def _read_item_info(path: Path) -> tuple[Any, np.ndarray]:
+    """Read item_info and check what stage 1 relies on: integer item ids equal to the row
+    index (the data contract: row 0 is the padding item). Other columns are not looked at."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -156,22 +198,82 @@ def _read_item_info(path: Path) -> tuple[Any, np.ndarray]:
         raise EmbeddingError(f"--item-info {path}: cannot read it as parquet ({exc})") from exc
     if table.num_rows == 0:
         raise EmbeddingError(f"--item-info {path} has no rows")
-    if "item_id" in table.column_names:
-        col = table.column("item_id")
-        if col.null_count:
-            raise EmbeddingError(f"--item-info {path}: item_id has {col.null_count} nulls")
-        ids = np.asarray(col.to_numpy(), dtype=np.int64)
-    else:  # the contract: row index == item_id
-        ids = np.arange(table.num_rows, dtype=np.int64)
-    if ids.min() < 0:
-        raise EmbeddingError(f"--item-info {path}: negative item_id {int(ids.min())}")
-    uniq, counts = np.unique(ids, return_counts=True)
-    if len(uniq) != len(ids):
+    if "item_id" not in table.column_names:  # the contract: row index == item_id
+        return table, np.arange(table.num_rows, dtype=np.int64)
+    ids = _item_ids(table.column("item_id"), path)
+    wrong = np.flatnonzero(ids != np.arange(len(ids)))
+    if len(wrong):
+        row = int(wrong[0])
         raise EmbeddingError(
-            f"--item-info {path}: item_id {int(uniq[counts > 1][0])} appears "
-            f"{int(counts.max())} times; each item needs one row"
+            f"--item-info {path}: row {row} has item_id {int(ids[row])}; expected item_id == "
+            "row index (0, 1, 2, ...; row 0 is the padding item). Sort the table by item_id "
+            "and fill the gaps"
         )
     return table, ids
+
+
+def _load_pca_for(path: Path, spec: ModelSpec, dim: int | None) -> PCAProjection:
+    """Load ``--pca path`` and check that it fits the model's features and ``dim``."""
+    where = f"--pca {path}"
+    if not path.is_file():
+        raise EmbeddingError(f"{where}: no such file")
+    try:
+        pca = load_pca(path)
+    except Exception as exc:
+        raise EmbeddingError(
+            f"{where}: cannot read it as a PCA file written by stage 1 ({exc})"
+        ) from exc
+    if spec.raw_dim is not None and spec.raw_dim != pca.raw_dim:
+        raise EmbeddingError(
+            f"{where} projects {pca.raw_dim}-d features, but --model {spec.name} gives "
+            f"{spec.raw_dim}-d features; use the PCA fit on this model's features"
+        )
+    if pca.model and not _same_model(pca.model, spec):
+        raise EmbeddingError(
+            f"{where} was fit on the features of model {pca.model!r}, not --model "
+            f"{spec.name!r}; pass that model, or fit a new PCA (omit --pca)"
+        )
+    if dim is not None and dim != pca.dim:
+        raise EmbeddingError(
+            f"--dim {dim} does not match {where}, which gives {pca.dim}-d vectors "
+            f"(omit --dim or pass --dim {pca.dim})"
+        )
+    return pca
+
+
+def _same_model(recorded: str, spec: ModelSpec) -> bool:
+    """A hub name and a save_pretrained folder of it match by the last path component
+    (``openai/clip-vit-base-patch32`` == ``/models/clip-vit-base-patch32``)."""
+    if recorded in (spec.name, spec.source):
+        return True
+    last = Path(recorded.rstrip("/\\")).name
+    return bool(last) and last == Path(spec.name.rstrip("/\\")).name
+
+
+def _save_pca_keeping_previous(pca: PCAProjection, path: Path, log: Any) -> Path | None:
+    """Save ``pca`` to ``path``. A different PCA already there is first copied to
+    ``<stem>.prev.npz`` (one generation) and its path returned; an identical one is left."""
+    previous = None
+    if path.is_file():
+        try:
+            old = load_pca(path)
+            same = np.array_equal(old.components, pca.components) and np.array_equal(
+                old.mean, pca.mean
+            )
+        except Exception:  # unreadable: keep its bytes all the same
+            same = False
+        if same:
+            return None
+        previous = path.with_name(f"{path.stem}.prev.npz")
+        atomic_write_bytes(previous, path.read_bytes())
+        log.warning(
+            "the PCA changed, so every item's vector changed; the previous PCA is kept as %s "
+            "(a model trained on the old vectors needs them: rerun with --pca %s)",
+            previous,
+            previous,
+        )
+    save_pca(pca, path)
+    return previous
 
 
 def _cache_key(spec: ModelSpec, amp_dtype: torch.dtype | None) -> str:
@@ -304,27 +406,18 @@ def _encode(
     return n_encoded, time.perf_counter() - start
 
 
-def _check_contract(table: Any, path: Path, column: str, dim: int, log: Any) -> str:
-    """Run the data contract's item_info check on the output table when it is shaped like
-    MicroLens (item_id, item_tags, item_emb_d128 of width 128); raise on any problem, so a
-    table that would break training is never written."""
-    if column != DEFAULT_COLUMN or dim != 128:
-        return "skipped"
-    if not {"item_id", "item_tags", DEFAULT_COLUMN} <= set(table.column_names):
-        return "skipped"
-    try:
-        from mmctr.data.contract import (
-            DataContractError,
-            check_item_info_table,
-            microlens_dataset_config,
+def _check_vectors(vectors: np.ndarray, ids: np.ndarray, out: Path, column: str) -> None:
+    """What stage 1 promises about the column it writes: ``dim`` wide, finite, the padding
+    row (item 0) all zero. Raised before ``out`` is written."""
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise EmbeddingError(
+            f"{out}: {column} would hold NaN/inf for {len(bad)} item(s), e.g. item "
+            f"{int(ids[bad[0]])}; not written (try --amp none)"
         )
-    except ImportError:
-        return "unavailable"
-    problems = check_item_info_table(table, str(path), microlens_dataset_config(path.parent))
-    if problems:
-        raise DataContractError(problems)
-    log.info("the output passes the data contract's item_info check")
-    return "passed"
+    pad = np.flatnonzero(ids == 0)
+    if len(pad) and np.any(vectors[pad[0]] != 0):
+        raise EmbeddingError(f"{out}: {column} row 0 (padding) is not all zero; not written")
 
 
 def _status_table(ids: np.ndarray, status: np.ndarray, errors: np.ndarray, path: Path) -> None:
@@ -347,7 +440,7 @@ def generate_embeddings(
     model: str = DEFAULT_MODEL,
     out: str | os.PathLike | None = None,
     column: str = DEFAULT_COLUMN,
-    dim: int = 128,
+    dim: int | None = None,
     batch_size: int = 256,
     num_workers: int | None = None,
     gpu: int | Sequence[int] | None = None,
@@ -357,6 +450,7 @@ def generate_embeddings(
     shard_size: int = 4096,
     seed: int = 2025,
     progress: bool = True,
+    pca: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Encode every item's image, reduce to ``dim`` with PCA, write ``column`` into item_info.
 
@@ -366,12 +460,17 @@ def generate_embeddings(
         model: a CLIP checkpoint: hub name or a folder written by ``save_pretrained``.
         out: output parquet; default: ``item_info`` itself (replaced atomically).
         column: the embedding column to write (replaced if present, else appended).
-        dim: PCA width. batch_size: images per model call (split across the GPUs).
+        dim: PCA width (default 128, or the width of ``pca``).
+        batch_size: images per model call (split across the GPUs).
         num_workers: decoding processes (default ``min(8, cpu count)``; 0 = in process).
         gpu: GPU indices (default: every visible GPU; -1: CPU).
         amp: "none" | "bf16" | "fp16" autocast (default bf16 on CUDA, none on the CPU).
         cache_dir: raw feature shards (default ``<out dir>/.emb_cache/<model>-<key>/``).
         force: recompute every shard. shard_size: items per cache file. seed: PCA seed.
+        pca: a PCA file written by an earlier run (``<stem>.pca.npz``): project with it
+            instead of fitting a new one, so items already embedded keep their vectors bit
+            for bit. Without it a new PCA is fit; a different PCA file already next to
+            ``out`` is kept as ``<stem>.pca.prev.npz``.
 
     Returns:
         A summary dict: output paths, per-status counts, explained variance, shards computed
@@ -379,12 +478,14 @@ def generate_embeddings(
         ``{"rank": r, "role": "worker", ...}`` without writing any output.
 
     Raises:
-        EmbeddingError: bad paths, model, options, or too few decodable images for the PCA.
+        EmbeddingError: bad paths, item ids, model, options or ``pca``, or too few
+            decodable images for the PCA.
     """
     log = get_logger("mmctr.embedding")
-    for name, value, low in (("dim", dim, 1), ("batch_size", batch_size, 1)):
-        if int(value) < low:
-            raise EmbeddingError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if dim is not None and int(dim) < 1:
+        raise EmbeddingError(f"--dim must be >= 1, got {dim}")
+    if int(batch_size) < 1:
+        raise EmbeddingError(f"--batch-size must be >= 1, got {batch_size}")
     if int(shard_size) < 1:
         raise EmbeddingError(f"--shard-size must be >= 1, got {shard_size}")
     if num_workers is None:
@@ -394,6 +495,7 @@ def generate_embeddings(
 
     item_info = Path(item_info)
     out = Path(out) if out is not None else item_info
+    _check_out(out)
     status_path, pca_path = output_paths(out)
 
     dist_ctx = _torchrun_env()
@@ -405,6 +507,9 @@ def generate_embeddings(
     paths = [None if r is None else r.path for r in ref_list]
 
     spec = describe_model(model)
+    given_pca = _load_pca_for(Path(pca), spec, dim) if pca is not None else None
+    if dim is None:
+        dim = given_pca.dim if given_pca is not None else 128
     if spec.raw_dim is not None and dim > spec.raw_dim:  # fail before hours of encoding
         raise EmbeddingError(
             f"--dim {dim} is larger than the model's feature width {spec.raw_dim}; PCA can "
@@ -486,9 +591,18 @@ def generate_embeddings(
     status[ids == 0] = PADDING
     ok = status == OK
 
-    pca = fit_pca(raw[ok], dim, seed, model=spec.name)
+    if given_pca is None:
+        pca_used = fit_pca(raw[ok], dim, seed, model=spec.name)
+    elif raw.shape[1] != given_pca.raw_dim:  # the model did not say its width up front
+        raise EmbeddingError(
+            f"--pca {pca} projects {given_pca.raw_dim}-d features, but --model {spec.name} "
+            f"gave {raw.shape[1]}-d features; use the PCA fit on this model's features"
+        )
+    else:
+        pca_used = given_pca
     vectors = np.zeros((n, dim), dtype=np.float32)
-    vectors[ok] = project(raw[ok], pca)
+    vectors[ok] = project(raw[ok], pca_used)
+    _check_vectors(vectors, ids, out, column)
 
     import pyarrow as pa
 
@@ -499,22 +613,21 @@ def generate_embeddings(
         new_table = table.set_column(table.column_names.index(column), field, values)
     else:
         new_table = table.append_column(field, values)
-    contract = _check_contract(new_table, out, column, dim, log)
 
     atomic_write_parquet(new_table, out)
     _status_table(ids, status, errors, status_path)
-    save_pca(pca, pca_path)
+    previous_pca = _save_pca_keeping_previous(pca_used, pca_path, log)
 
     counts = {name: int(np.sum(status == code)) for code, name in enumerate(STATUS_NAMES)}
     log.info("status: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     for i in np.flatnonzero(status == CORRUPT)[:5]:
         log.info("corrupt item %d: %s", int(ids[i]), errors[i])
     log.info(
-        "PCA %d -> %d on %d ok items keeps %.1f%% of the variance",
-        pca.raw_dim,
+        "PCA %d -> %d %s keeps %.1f%% of the variance (of the items it was fit on)",
+        pca_used.raw_dim,
         dim,
-        pca.n_fit,
-        100 * pca.explained_variance,
+        f"from {pca}" if given_pca is not None else f"fit on {pca_used.n_fit} ok items",
+        100 * pca_used.explained_variance,
     )
     return {
         **common,
@@ -522,12 +635,14 @@ def generate_embeddings(
         "out": str(out),
         "status_file": str(status_path),
         "pca_file": str(pca_path),
+        "pca_source": str(pca) if given_pca is not None else "fit",
+        "pca_previous": str(previous_pca) if previous_pca is not None else None,
         "model": spec.name,
         "column": column,
         "dim": dim,
-        "raw_dim": pca.raw_dim,
+        "raw_dim": pca_used.raw_dim,
         "n_items": n,
         "counts": counts,
-        "explained_variance": pca.explained_variance,
-        "contract_check": contract,
+        "explained_variance": pca_used.explained_variance,
+        "contract_check": "passed",
     }

@@ -159,7 +159,7 @@ class StepRunner:
         from mmctr.training.graphs import GraphedStep, configure_for_graphs
         from mmctr.training.guard import DivergenceGuard
         from mmctr.training.step import TrainStep
-        from mmctr.training.trainer import _parse_reg, make_optimizer
+        from mmctr.training.trainer import make_optimizer
 
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
@@ -206,8 +206,8 @@ class StepRunner:
             device,
             bf16=bf16,
             max_gradient_norm=t.max_gradient_norm,
-            embedding_regularizer=_parse_reg(t.embedding_regularizer),
-            net_regularizer=_parse_reg(t.net_regularizer),
+            embedding_regularizer=t.embedding_regularizer,
+            net_regularizer=t.net_regularizer,
             autocast_cache=not cuda_graphs,
         )
         self.graphed = None

@@ -740,3 +740,17 @@ def test_run_cli_catches_data_contract_errors(capsys, monkeypatch):
         run_cli(main)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: train.parquet: column 'item_seq' is missing\n"
+
+
+def test_fuxictr_regulariser_spellings_load_and_bad_ones_are_named(tmp_path):
+    from mmctr.config.schema import parse_regularizer
+
+    d = write_config(tmp_path)
+    for good in ["l2(1.e-5)", "l1_l2(1e-6, 1e-5)", "1e-5", "0"]:
+        cfg = load_config(d, EXPID, overrides=[f"embedding_regularizer={good}"])
+        assert parse_regularizer(cfg.trainer.embedding_regularizer) is not None
+    assert parse_regularizer("l1_l2(1e-6, 1e-5)") == [(1, 1e-6), (2, 1e-5)]
+    assert parse_regularizer(0) == [] and parse_regularizer(None) == []
+    for bad in ["l3(1e-5)", "l2(a)", "l1_l2(1e-5)", "-1e-5"]:
+        with pytest.raises(ConfigError, match="net_regularizer.*'l1_l2\\(x, y\\)'"):
+            load_config(d, EXPID, overrides=[f"net_regularizer={bad}"])

@@ -46,6 +46,7 @@ from mmctr.config.schema import (
     TrainerConfig,
     field_names,
     field_types,
+    parse_regularizer,
 )
 
 OVERRIDE_SOURCE = "--override"
@@ -89,6 +90,17 @@ _POSITIVE = (lambda v: v >= 1, "at least 1")
 _NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
 _DROPOUT = (lambda v: 0 <= v < 1, "in [0, 1)")
 _UNITS = (lambda v: all(u >= 1 for u in v), "a list of sizes >= 1")
+_REGULARIZER_FORMS = "a non-negative number (L2), 'l1(x)', 'l2(x)' or 'l1_l2(x, y)'"
+
+
+def _is_regularizer(value: Any) -> bool:
+    try:
+        parse_regularizer(value)
+    except ValueError:
+        return False
+    return True
+
+
 _RULES: dict[str, tuple[Any, str]] = {
     "batch_size": _POSITIVE,
     "eval_batch_size": _POSITIVE,
@@ -99,6 +111,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "num_workers": _NON_NEGATIVE,
     "max_len": _POSITIVE,
     "learning_rate": (lambda v: v > 0, "positive"),
+    "embedding_regularizer": (_is_regularizer, _REGULARIZER_FORMS),
+    "net_regularizer": (_is_regularizer, _REGULARIZER_FORMS),
     "weight_decay": _NON_NEGATIVE,
     "min_lr": _NON_NEGATIVE,
     "lr_decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),

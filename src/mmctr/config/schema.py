@@ -13,6 +13,7 @@ The field names are the YAML keys. Defaults follow FuxiCTR where it has one.
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -232,3 +233,37 @@ def as_plain(obj: Any) -> Any:
     if is_dataclass(obj):
         return asdict(obj)
     return obj
+
+
+_REG_RE = re.compile(r"^\s*(l1|l2|l1_l2)\s*\(([^()]*)\)\s*$")
+
+
+def parse_regularizer(value: float | str | None) -> list[tuple[int, float]]:
+    """FuxiCTR's regulariser spellings -> ``[(p, lambda), ...]``, the penalty being
+    ``lambda / p * ||W||_p^p`` per parameter: a number is L2 (``1.e-5``), or ``"l1(x)"``,
+    ``"l2(x)"``, ``"l1_l2(x, y)"``; 0, None and "" mean none. Raises ValueError otherwise."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        pairs = [(2, float(value))]
+    elif isinstance(value, str):
+        m = _REG_RE.match(value)
+        try:
+            if m is None:
+                pairs = [(2, float(value))]  # a number written as a string
+            else:
+                lambdas = [float(x) for x in m.group(2).split(",")]
+                norms = [1, 2] if m.group(1) == "l1_l2" else [int(m.group(1)[1])]
+                if len(lambdas) != len(norms):
+                    raise ValueError
+                pairs = list(zip(norms, lambdas))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a regulariser: use a number (L2), 'l1(x)', 'l2(x)' or "
+                "'l1_l2(x, y)'"
+            ) from None
+    else:
+        raise ValueError(f"{value!r} is not a regulariser")
+    if any(lam < 0 for _, lam in pairs):
+        raise ValueError(f"{value!r}: regulariser weights must be non-negative")
+    return [(p, lam) for p, lam in pairs if lam > 0]

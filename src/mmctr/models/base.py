@@ -53,11 +53,12 @@ class CTRModel(nn.Module):
         return target, history, padding_mask(seq)
 
     def regularization_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(embedding tables, other weight matrices) for embedding_/net_regularizer."""
-        emb, net = [], []
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                emb.append(module.weight)
-            elif isinstance(module, nn.Linear):
-                net.append(module.weight)
+        """(feature embeddings, everything else) for embedding_/net_regularizer, as FuxiCTR
+        splits them: the item and side encoders' parameters (embedding tables and the
+        projection of item_emb_d128, FuxiCTR's FeatureEmbeddingDict), then every other
+        trainable parameter, biases and norms included."""
+        encoders = (self.item_encoder, self.side_encoder)
+        emb = [p for m in encoders for p in m.parameters() if p.requires_grad]
+        emb_ids = {id(p) for p in emb}
+        net = [p for p in self.parameters() if p.requires_grad and id(p) not in emb_ids]
         return emb, net

@@ -18,6 +18,7 @@ import contextlib
 import torch
 from torch import nn
 
+from mmctr.config.schema import parse_regularizer
 from mmctr.training.guard import DivergenceGuard
 
 
@@ -33,8 +34,11 @@ class TrainStep:
     """Forward, backward, regularisers, clipping and the guarded optimizer step.
 
     ``net_model`` runs the forward (the DDP wrapper under torchrun; ``model`` otherwise);
-    ``model`` owns the parameters that are clipped and regularised (FuxiCTR: reg/2 * ||W||^2
-    on the embedding tables and on the other weight matrices, once per step).
+    ``model`` owns the parameters that are clipped and regularised. The regularisers are
+    FuxiCTR's, in its spellings (a number is L2; "l1(x)", "l2(x)", "l1_l2(x, y)"): a penalty
+    lambda/p * ||W||_p^p once per step, ``embedding_regularizer`` on the feature embeddings
+    (tables and projections) and ``net_regularizer`` on every other trainable parameter
+    (:meth:`mmctr.models.base.CTRModel.regularization_groups`).
     """
 
     def __init__(
@@ -46,8 +50,8 @@ class TrainStep:
         *,
         bf16: bool = False,
         max_gradient_norm: float | None = None,
-        embedding_regularizer: float = 0.0,
-        net_regularizer: float = 0.0,
+        embedding_regularizer: float | str | None = 0.0,
+        net_regularizer: float | str | None = 0.0,
         net_model: nn.Module | None = None,
         autocast_cache: bool = True,
     ) -> None:
@@ -58,8 +62,13 @@ class TrainStep:
         self.device = device
         self.bf16 = bf16
         self.max_gradient_norm = max_gradient_norm
-        self.emb_reg, self.net_reg = embedding_regularizer, net_regularizer
-        self.emb_params, self.net_params = model.regularization_groups()
+        emb_params, net_params = model.regularization_groups()
+        self.penalties = [  # (params, p, lambda)
+            (params, p, lam)
+            for params, reg in ((emb_params, embedding_regularizer), (net_params, net_regularizer))
+            for p, lam in parse_regularizer(reg)
+            if params
+        ]
         self.autocast_cache = autocast_cache
 
     def forward_backward(
@@ -77,10 +86,11 @@ class TrainStep:
 
     def optimizer_step(self) -> None:
         """The window's regularisers, clipping and guarded optimizer step; zeroes the grads."""
-        if self.emb_reg or self.net_reg:
-            zero = torch.zeros((), device=self.device)
-            reg = sum((p.pow(2).sum() for p in self.emb_params), zero) * (self.emb_reg / 2)
-            reg = reg + sum((p.pow(2).sum() for p in self.net_params), zero) * (self.net_reg / 2)
+        if self.penalties:
+            reg = torch.zeros((), device=self.device)
+            for params, p, lam in self.penalties:
+                norm = (w.abs().sum() if p == 1 else w.pow(2).sum() for w in params)
+                reg = reg + sum(norm, torch.zeros((), device=self.device)) * (lam / p)
             reg.backward()
         grad_norm = None
         if self.max_gradient_norm and self.max_gradient_norm > 0:

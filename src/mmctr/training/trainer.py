@@ -105,12 +105,6 @@ def cuda_graphs_off_reason(t, device: torch.device, dist: DistContext) -> str | 
     return None
 
 
-def _parse_reg(value) -> float:
-    if value in (None, ""):
-        return 0.0
-    return float(value)
-
-
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     table = {
         "adam": torch.optim.Adam,
@@ -301,7 +295,6 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     model = build_model(cfg.model, ds, items).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: %s trainable parameters", f"{n_params:,}")
-    emb_reg, net_reg = _parse_reg(t.embedding_regularizer), _parse_reg(t.net_regularizer)
     net_model: nn.Module = model
     if dist.enabled:
         net_model = nn.parallel.DistributedDataParallel(
@@ -416,8 +409,8 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         device,
         bf16=bf16,
         max_gradient_norm=t.max_gradient_norm,
-        embedding_regularizer=emb_reg,
-        net_regularizer=net_reg,
+        embedding_regularizer=t.embedding_regularizer,
+        net_regularizer=t.net_regularizer,
         net_model=net_model,
         autocast_cache=not graphs,
     )

@@ -754,3 +754,12 @@ def test_fuxictr_regulariser_spellings_load_and_bad_ones_are_named(tmp_path):
     for bad in ["l3(1e-5)", "l2(a)", "l1_l2(1e-5)", "-1e-5"]:
         with pytest.raises(ConfigError, match="net_regularizer.*'l1_l2\\(x, y\\)'"):
             load_config(d, EXPID, overrides=[f"net_regularizer={bad}"])
+
+
+def test_unknown_metrics_and_data_formats_fail_at_load(tmp_path):
+    d = write_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"'metrics'.*must be a list of logloss, AUC, gAUC"):
+        load_config(d, EXPID, overrides=["metrics=[logloss, auc]"])
+    with pytest.raises(ConfigError, match=r"'data_format'.*must be 'parquet'"):
+        load_config(d, EXPID, overrides=["data_format=csv"])
+    assert load_config(d, EXPID, overrides=["metrics=[logloss, AUC, gAUC]"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -409,3 +410,67 @@ def test_other_list_layouts_are_accepted(tiny_dataset_config, tables, list_type)
     t = _replace(train, "item_seq", _lists(bad, pa.int64()).cast(list_type)).slice(100, 1500)
     problems = check_split_table(t, "mem", tiny_dataset_config, n_items=300, require_label=True)
     assert len(problems) == 1 and "left-padded" in problems[0] and "first at row 20" in problems[0]
+
+
+def _with_feature(cfg, name: str, **changes):
+    cols = [dataclasses.replace(f, **changes) if f.name == name else f for f in cfg.feature_cols]
+    return dataclasses.replace(cfg, feature_cols=cols)
+
+
+def test_the_history_is_checked_even_when_inactive(tmp_path, tables):
+    valid = tables["valid"]
+    seq = _matrix(valid, "item_seq")
+    seq[5, -1] = 12345
+    d = _write_dataset(tmp_path, tables, valid=_replace(valid, "item_seq", _lists(seq, pa.int64())))
+    cfg = _with_feature(microlens_dataset_config(d), "item_seq", active=False)
+    with pytest.raises(DataContractError) as e:
+        validate_dataset(cfg, splits=["valid"])
+    msg = _one(e.value.problems, "valid.parquet", "'item_seq'")
+    assert "0..299" in msg and "first at row 5" in msg
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"type": "sequence", "max_len": 100, "vocab_size": 300},
+        {"type": "embedding", "dtype": "float", "embedding_dim": 100},
+    ],
+)
+def test_a_per_row_list_feature_is_a_config_problem(tiny_dataset_config, changes):
+    cfg = _with_feature(tiny_dataset_config, "item_seq", **changes)
+    with pytest.raises(DataContractError) as e:
+        validate_dataset(cfg)
+    msg = _one(e.value.problems, "feature 'item_seq'")  # once, not once per split
+    assert "categorical or numeric" in msg and "`type: meta`" in msg
+    cfg = _with_feature(tiny_dataset_config, "item_seq", type="categorical", vocab_size=300)
+    with pytest.raises(DataContractError) as e:
+        validate_dataset(cfg)
+    assert "`type: meta` (found type categorical)" in _one(e.value.problems, "'item_seq'")
+
+
+def test_the_group_column_is_checked(tmp_path, tables, tiny_dataset_config):
+    validate_dataset(tiny_dataset_config, group_col="user_id")
+    with pytest.raises(DataContractError) as e:
+        validate_dataset(tiny_dataset_config, group_col="uid")
+    assert len(e.value.problems) == 3  # every split
+    msg = _one(e.value.problems, "valid.parquet", "column 'uid' is missing")
+    assert "group_id" in msg
+    test = tables["test"]
+    test = test.append_column("session", pa.array(["s"] * test.num_rows))
+    d = _write_dataset(tmp_path, tables, test=test)
+    problems = _problems(d, splits=["test"], group_col="session")
+    assert "expected an integer column" in _one(problems, "test.parquet", "'session'")
+
+
+def test_a_null_history_row_is_reported_once(tmp_path, tables):
+    valid = tables["valid"]
+    rows = valid["item_seq"].to_pylist()
+    rows[0] = None
+    d = _write_dataset(
+        tmp_path, tables, valid=_replace(valid, "item_seq", _ragged(rows, pa.int64()))
+    )
+    problems = _problems(d, splits=["valid"])
+    assert problems == [
+        f"{d / 'valid.parquet'}: column 'item_seq': null entries (expected a value in every "
+        "row); 1 of 500 rows fail, first at row 0"
+    ]  # not also "every row must hold the same number of entries (row 0 has 0)"

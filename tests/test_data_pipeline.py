@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from mmctr.config.schema import TransformerDCNConfig
+from mmctr.data import dataset as dataset_module
 from mmctr.data.batching import BatchLoader
 from mmctr.data.contract import DataContractError
 from mmctr.data.dataset import read_item_table, read_split
@@ -187,3 +190,115 @@ def test_malformed_files_fail_with_named_messages(tiny_data_copy, tiny_dataset_c
     with pytest.raises(DataContractError) as e:
         read_split(tiny_data_copy / "nope.parquet", ds, n_items=items.n_items)
     assert "nope.parquet" in str(e.value)
+
+
+def _with_feature(ds, name, **changes):
+    cols = [dataclasses.replace(f, **changes) if f.name == name else f for f in ds.feature_cols]
+    return dataclasses.replace(ds, feature_cols=cols)
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        lambda n: pa.array(np.zeros(n, dtype=np.int64)),  # all 0: one class only
+        lambda n: pa.array(np.full(n, -1)),
+        lambda n: pa.array([""] * n),  # not numeric
+        lambda n: pa.nulls(n, pa.int64()),
+        lambda n: pa.nulls(n),
+    ],
+)
+def test_a_placeholder_test_label_is_no_label(tiny_data_copy, tiny_dataset_config, placeholder):
+    test = tiny_data_copy / "test.parquet"
+    _rewrite(test, "label", lambda c: placeholder(len(c)))
+    split = read_split(test, tiny_dataset_config, n_items=300, require_label=False)
+    assert split.labels is None and split.n_rows == 500
+
+
+def test_real_test_labels_are_kept_and_train_labels_stay_strict(
+    tiny_data_copy, tiny_dataset_config
+):
+    test = tiny_data_copy / "test.parquet"
+    split = read_split(test, tiny_dataset_config, n_items=300, require_label=False)
+    expect = pq.read_table(test).column("label").to_numpy().astype(np.float32)
+    assert np.array_equal(split.labels, expect)
+    _rewrite(test, "label", lambda c: pa.array(np.zeros(len(c), dtype=np.int64)))
+    split = read_split(test, tiny_dataset_config, n_items=300, require_label=True)
+    assert split.labels is not None and not split.labels.any()  # all-0 train labels are labels
+    _rewrite(test, "label", lambda c: pa.array([""] * len(c)))
+    with pytest.raises(DataContractError, match=r"test\.parquet: column 'label': wrong type"):
+        read_split(test, tiny_dataset_config, n_items=300, require_label=True)
+
+
+def test_an_inactive_history_is_still_checked(tiny_data_copy, tiny_dataset_config):
+    valid = tiny_data_copy / "valid.parquet"
+
+    def bad_item(col):
+        seq = col.to_pylist()
+        seq[3][-1] = 999_999
+        return pa.array(seq, type=pa.list_(pa.int64()))
+
+    _rewrite(valid, "item_seq", bad_item)
+    ds = _with_feature(tiny_dataset_config, "item_seq", active=False)
+    with pytest.raises(DataContractError, match=r"'item_seq': item ids must be in 0\.\.299"):
+        read_split(valid, ds, n_items=300)
+
+
+def test_a_per_row_sequence_feature_is_refused_by_name(tiny_data, tiny_dataset_config):
+    ds = _with_feature(
+        tiny_dataset_config, "item_seq", type="sequence", max_len=100, vocab_size=300
+    )
+    with pytest.raises(DataContractError) as e:
+        read_split(tiny_data / "valid.parquet", ds, n_items=300)
+    msg = str(e.value)
+    assert "feature 'item_seq'" in msg and "categorical or numeric" in msg
+    assert "`type: meta`" in msg
+
+
+def test_a_missing_group_column_names_group_id(tiny_data, tiny_dataset_config):
+    with pytest.raises(DataContractError) as e:
+        read_split(tiny_data / "valid.parquet", tiny_dataset_config, n_items=300, group_col="uid")
+    msg = str(e.value)
+    assert "valid.parquet: column 'uid' is missing" in msg and "group_id" in msg
+
+
+def test_an_unreadable_file_names_its_path(tiny_data_copy, tiny_dataset_config):
+    for name in ("item_info", "valid"):
+        p = tiny_data_copy / f"{name}.parquet"
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(DataContractError, match=r"item_info\.parquet: cannot be read as parquet"):
+        read_item_table(tiny_data_copy / "item_info.parquet", tiny_dataset_config)
+    with pytest.raises(DataContractError, match=r"valid\.parquet: cannot be read as parquet"):
+        read_split(tiny_data_copy / "valid.parquet", tiny_dataset_config, n_items=300)
+
+
+def test_a_null_first_history_row_is_a_contract_error(tiny_data_copy, tiny_dataset_config):
+    valid = tiny_data_copy / "valid.parquet"
+
+    def null_row0(col):
+        seq = col.to_pylist()
+        seq[0] = None
+        return pa.array(seq, type=pa.list_(pa.int64()))
+
+    _rewrite(valid, "item_seq", null_row0)
+    with pytest.raises(DataContractError) as e:
+        read_split(valid, tiny_dataset_config, n_items=300)
+    assert e.value.problems == [
+        f"{valid}: column 'item_seq': null entries (expected a value in every row); "
+        "1 of 500 rows fail, first at row 0"
+    ]
+
+
+def test_row_numbers_count_from_the_file_start(tiny_data_copy, tiny_dataset_config, monkeypatch):
+    monkeypatch.setattr(dataset_module, "_READ_BATCH_ROWS", 256)
+    train = tiny_data_copy / "train.parquet"
+
+    def bad_ids(col):
+        v = col.to_numpy().copy()
+        v[[700, 701, 1500]] = 5000
+        return pa.array(v)
+
+    _rewrite(train, "item_id", bad_ids)
+    with pytest.raises(DataContractError) as e:
+        read_split(train, tiny_dataset_config, n_items=300)
+    msg = str(e.value)
+    assert "3 of 2000 rows fail, first at row 700" in msg and "relative" not in msg

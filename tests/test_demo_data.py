@@ -241,3 +241,19 @@ def test_ceiling_script_reproduces_the_oracle_and_orders_the_ceilings(tiny_data)
     for key in ("embedding", "topic", "embedding + topic", "item part only"):
         assert 0.5 < res[key] < res["oracle"], key
     assert 0 < res["r2"]["embedding"] < res["r2"]["embedding + topic"] <= 1
+
+
+def test_a_run_without_images_removes_the_old_images(tiny_data_copy, capsys):
+    d = tiny_data_copy
+    assert any((d / "item_images").glob("*.jpg")) and (d / "item_images_manifest.csv").is_file()
+    (d / "notes.txt").write_text("mine")
+    generate(d, preset="tiny", seed=12, images=False, progress=True)
+    assert not (d / "item_images").exists() and not (d / "item_images_manifest.csv").exists()
+    assert (d / "notes.txt").read_text() == "mine"  # only the generator's own files go
+    assert "removed the images of an earlier run" in capsys.readouterr().out
+    # a file of someone else's inside item_images/ keeps that folder
+    (d / "item_images").mkdir()
+    (d / "item_images" / "1.jpg").write_bytes(b"old")
+    (d / "item_images" / "README").write_text("mine")
+    generate(d, preset="tiny", seed=12, images=False)
+    assert [p.name for p in (d / "item_images").iterdir()] == ["README"]

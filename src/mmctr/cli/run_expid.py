@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from mmctr.data.contract import validate_dataset
 
-        validate_dataset(cfg.dataset)
+        validate_dataset(cfg.dataset, group_col=cfg.group_col)
         print(f"ok: config {args.config} expid {cfg.expid} and its data files are valid")
         return 0
     from mmctr.training.trainer import train

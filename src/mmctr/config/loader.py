@@ -101,7 +101,18 @@ def _is_regularizer(value: Any) -> bool:
     return True
 
 
+#: what the trainer computes on every evaluation (gAUC where a group column exists)
+METRICS = ("logloss", "AUC", "gAUC")
+
 _RULES: dict[str, tuple[Any, str]] = {
+    "metrics": (
+        lambda v: all(m in METRICS for m in v),
+        f"a list of {', '.join(METRICS)} (the metrics mmctr computes; names are case-sensitive)",
+    ),
+    "data_format": (
+        lambda v: v == "parquet",
+        "'parquet' (mmctr reads parquet files; convert csv/h5 once with pandas.to_parquet)",
+    ),
     "batch_size": _POSITIVE,
     "eval_batch_size": _POSITIVE,
     "epochs": _POSITIVE,
@@ -243,6 +254,13 @@ class ExperimentConfig:
     overrides: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     hash_check: str = HASH_NOT_TUNER_ID
+
+    @property
+    def group_col(self) -> str | None:
+        """The column gAUC groups by: ``group_id``, else ``user_id`` when the data has it."""
+        if self.trainer.group_id:
+            return self.trainer.group_id
+        return "user_id" if any(f.name == "user_id" for f in self.dataset.feature_cols) else None
 
     @property
     def run_dir(self) -> Path:
@@ -517,6 +535,11 @@ def build_config(
         feature_cols=features,
         label_col=label,
     )
+    from mmctr.data.contract import check_feature_config  # features the loader can read
+
+    unreadable = check_feature_config(dataset)
+    if unreadable:
+        raise _fail(f"{origin} is not a valid config", unreadable)
     return ExperimentConfig(
         expid=expid,
         dataset=dataset,

@@ -23,12 +23,14 @@ import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmctr.config.schema import DatasetConfig, FeatureSpec, LabelSpec
+from mmctr.data.dataset import HISTORY_COL
 
 MICROLENS_N_ITEMS = 91_718
 MICROLENS_TAG_VOCAB = 11_740
@@ -124,9 +126,38 @@ def item_id_feature(dataset: DatasetConfig) -> FeatureSpec | None:
     return cands[0] if cands else None
 
 
-def history_features(dataset: DatasetConfig) -> list[FeatureSpec]:
-    """Per-row item-id histories: the active ``meta`` features named ``*_seq`` (``item_seq``)."""
-    return [f for f in dataset.active_features if f.type == "meta" and f.name.endswith("_seq")]
+def history_columns(dataset: DatasetConfig) -> list[str]:
+    """Per-row item-id histories: ``item_seq``, which the loader and the models always read
+    (whatever its ``active`` flag says), and any other active ``meta`` feature named ``*_seq``."""
+    names = [HISTORY_COL]
+    for f in dataset.active_features:
+        if f.type == "meta" and f.name.endswith("_seq") and f.name not in names:
+            names.append(f.name)
+    return names
+
+
+def check_feature_config(dataset: DatasetConfig) -> list[str]:
+    """Problems of ``feature_cols`` that the loader cannot read (empty list = OK): a per-row
+    (not ``source: item``) feature must be categorical or numeric, and the user history
+    ``item_seq`` must be declared ``type: meta``."""
+    problems = []
+    where = f"dataset '{dataset.dataset_id}': feature_cols"
+    for f in dataset.active_features:
+        if f.is_item_side:
+            continue
+        if f.type in ("sequence", "embedding"):
+            problems.append(
+                f"{where}: feature '{f.name}' has type {f.type} without `source: item`; per-row "
+                f"features must be categorical or numeric (item-side sequence/embedding "
+                f"features need `source: item`), and the user history '{HISTORY_COL}' must be "
+                "declared `type: meta`"
+            )
+        elif f.name == HISTORY_COL and f.type != "meta":
+            problems.append(
+                f"{where}: feature '{f.name}' is the user history read by the loader and must "
+                f"be declared `type: meta` (found type {f.type})"
+            )
+    return problems
 
 
 def _list_value_type(t: pa.DataType) -> pa.DataType | None:
@@ -285,17 +316,22 @@ class _ColumnChecks:
                 lambda i: f"length {int(lens[i])}",
             )
         elif constant_length and n:
-            if self.seq_width is None:
-                self.seq_width, self.seq_width_row = int(lens[0]), offset
-            bad = np.flatnonzero(lens != self.seq_width)
-            tally.add(
-                name,
-                f"every row must hold the same number of entries (row {self.seq_width_row} has "
-                f"{self.seq_width})",
-                bad,
-                offset,
-                lambda i: f"length {int(lens[i])}",
-            )
+            valid = np.ones(n, dtype=bool)
+            if arr.null_count:  # null rows are reported once, by nulls()
+                valid = ~arr.is_null().to_numpy(zero_copy_only=False)
+            if self.seq_width is None and valid.any():
+                first = int(np.argmax(valid))
+                self.seq_width, self.seq_width_row = int(lens[first]), offset + first
+            if self.seq_width is not None:
+                bad = np.flatnonzero((lens != self.seq_width) & valid)
+                tally.add(
+                    name,
+                    f"every row must hold the same number of entries (row {self.seq_width_row} "
+                    f"has {self.seq_width})",
+                    bad,
+                    offset,
+                    lambda i: f"length {int(lens[i])}",
+                )
         if len(v) == 0:
             return
         if lo is not None and hi is not None and _out_of_range(v, lo, hi):
@@ -491,8 +527,13 @@ def _zero_row0_scalar(tally: _Tally, name: str, arr: pa.Array, offset: int) -> N
 # ------------------------------------------------------------------------------- splits
 
 
-class _SplitChecker:
-    """The split checks, fed record batch by record batch (the row counter runs across)."""
+class SplitChecker:
+    """The split checks, fed record batch by record batch (the row counter runs across).
+
+    ``problems`` holds what the schema alone shows (missing columns, wrong types, a config
+    the loader cannot read); :meth:`feed` checks the values of ``read_columns``.
+    ``group_col`` (the trainer's ``group_id``) must then be an integer column without nulls.
+    """
 
     def __init__(
         self,
@@ -502,10 +543,11 @@ class _SplitChecker:
         *,
         n_items: int | None,
         require_label: bool,
+        group_col: str | None = None,
     ):
         self.path = path = str(path)
         self.tally = _Tally(path)
-        self.problems: list[str] = []
+        self.problems: list[str] = check_feature_config(dataset)
         names = set(schema.names)
         id_feat = item_id_feature(dataset)
         if n_items is None and id_feat is not None:
@@ -514,34 +556,41 @@ class _SplitChecker:
         self.cols: list[tuple[str, str, FeatureSpec | None]] = []  # (name, role, spec)
         self.checkers: dict[str, _ColumnChecks] = {}
 
-        def need(f: FeatureSpec, role: str | None, what: str) -> None:
-            if f.name not in names:
+        def need(name: str, f: FeatureSpec | None, role: str | None, what: str) -> None:
+            if name not in names:
                 self.problems.append(
-                    f"{path}: column '{f.name}' is missing ({what}); found columns {sorted(names)}"
+                    f"{path}: column '{name}' is missing ({what}); found columns {sorted(names)}"
                 )
                 return
             if role is None:
-                self.cols.append((f.name, "present", f))
+                self.cols.append((name, "present", f))
                 return
-            type_role = {"target": "int", "history": "int_list"}.get(role, role)
-            tp = _type_problem(path, f.name, schema.field(f.name).type, type_role)
+            type_role = {"target": "int", "history": "int_list", "group": "int"}.get(role, role)
+            tp = _type_problem(path, name, schema.field(name).type, type_role)
             if tp:
                 self.problems.append(tp)
             else:
-                self.cols.append((f.name, role, f))
+                self.cols.append((name, role, f))
 
-        hist = {f.name for f in history_features(dataset)}
+        hist = history_columns(dataset)
         for f in dataset.active_features:
             if f.is_item_side and f is not id_feat:
                 continue  # lives in item_info
             if f is id_feat:
-                need(f, "target", "the target item id, a row index into item_info")
-            elif f.name in hist:
-                need(f, "history", "the user's history of item ids, left-padded with 0")
+                need(f.name, f, "target", "the target item id, a row index into item_info")
+            elif f.name in hist or f.type in ("sequence", "embedding"):
+                continue  # histories below; per-row lists are config problems (above)
             elif f.type == "meta":
-                need(f, "int" if f.dtype == "int" else None, "meta column of the config")
+                need(f.name, f, "int" if f.dtype == "int" else None, "meta column of the config")
             else:
-                need(f, _side_role(f), f"{f.type} feature of the config")
+                need(f.name, f, _side_role(f), f"{f.type} feature of the config")
+        for name in hist:
+            need(name, None, "history", "the user's history of item ids, left-padded with 0")
+        if group_col:
+            known = {c: r for c, r, _ in self.cols}
+            if known.get(group_col) not in ("int", "target"):
+                self.cols = [c for c in self.cols if c[0] != group_col]
+                need(group_col, None, "group", "named by group_id, the rows grouped for gAUC")
         label = dataset.label_col.name
         if label in names:
             t = schema.field(label).type
@@ -556,6 +605,10 @@ class _SplitChecker:
                 f"{path}: column '{label}' (label) is missing; found columns {sorted(names)}"
             )
         self.read_columns = [c for c, _, _ in self.cols]
+
+    @property
+    def has_problems(self) -> bool:
+        return bool(self.problems or self.tally.entries)
 
     def feed(self, batch: pa.RecordBatch | pa.Table, offset: int) -> None:
         tally = self.tally
@@ -628,15 +681,22 @@ def check_split_table(
     *,
     n_items: int | None,
     require_label: bool,
+    group_col: str | None = None,
 ) -> list[str]:
     """Problems of one split table (train/valid/test); empty list = OK.
 
     ``n_items`` is the number of rows of item_info (None: the item id feature's vocab_size).
     The label is checked (0/1) whenever the column is present; ``require_label`` makes a
-    missing label column a problem. Row numbers in messages count from the table's row 0.
+    missing label column a problem. ``group_col`` is the trainer's ``group_id`` column, if
+    any. Row numbers in messages count from the table's row 0.
     """
-    checker = _SplitChecker(
-        table.schema, path, dataset, n_items=n_items, require_label=require_label
+    checker = SplitChecker(
+        table.schema,
+        path,
+        dataset,
+        n_items=n_items,
+        require_label=require_label,
+        group_col=group_col,
     )
     sub = table.select(checker.read_columns)
     for offset, batch in _iter_slices(sub):
@@ -658,13 +718,15 @@ def validate_dataset(
     dataset: DatasetConfig,
     splits: Iterable[str] = ("train", "valid", "test"),
     require_test_label: bool = False,
+    group_col: str | None = None,
 ) -> None:
     """Read item_info and the split files of ``dataset`` and check them all.
 
     Raises :class:`DataContractError` listing every problem of every file. Train and valid
     must carry 0/1 labels; the test split's label column is optional and, unless
     ``require_test_label``, not checked at all (the real test labels are hidden and the column
-    may be a placeholder).
+    may be a placeholder). ``group_col`` (the trainer's ``group_id``) must be an integer
+    column of every split.
     """
     problems: list[str] = []
     n_items: int | None = None
@@ -698,8 +760,13 @@ def validate_dataset(
                 label = dataset.label_col.name
                 if label in schema.names:
                     schema = pa.schema([f for f in schema if f.name != label])
-            checker = _SplitChecker(
-                schema, path, dataset, n_items=n_items, require_label=require_label
+            checker = SplitChecker(
+                schema,
+                path,
+                dataset,
+                n_items=n_items,
+                require_label=require_label,
+                group_col=group_col,
             )
             offset = 0
             if checker.read_columns:
@@ -712,7 +779,8 @@ def validate_dataset(
             continue
         problems += checker.result()
     if problems:
-        raise DataContractError(problems)
+        # config problems are found once per split: list them once
+        raise DataContractError(list(dict.fromkeys(problems)))
 
 
 def main(argv: list[str] | None = None) -> int:

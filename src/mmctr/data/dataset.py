@@ -136,7 +136,10 @@ def read_item_table(path: str | Path, dataset: DatasetConfig) -> ItemTable:
     if not Path(path).is_file():
         raise contract.DataContractError([f"{path}: item_info file not found"])
     item_feats = dataset.item_features
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _parquet_error(path, exc) from exc
     problems = contract.check_item_info_table(table, path, dataset)
     if problems:
         raise contract.DataContractError(problems)
@@ -157,6 +160,17 @@ def read_item_table(path: str | Path, dataset: DatasetConfig) -> ItemTable:
     return ItemTable(n_items=n, features=features)
 
 
+def _parquet_error(path: str, exc: Exception) -> Exception:
+    return _contract().DataContractError([f"{path}: cannot be read as parquet ({exc})"])
+
+
+def _real_labels(labels: np.ndarray) -> np.ndarray | None:
+    """``labels`` when they are real 0/1 labels of both classes; None for a placeholder (all 0,
+    -1, NaN/null, ...: the hidden test labels of the contract)."""
+    both = (labels == 0).any() and (labels == 1).any()
+    return labels if both and np.isin(labels, (0.0, 1.0)).all() else None
+
+
 def read_split(
     path: str | Path,
     dataset: DatasetConfig,
@@ -169,6 +183,9 @@ def read_split(
     """Read one split file into :class:`SplitData`, validating every record batch.
 
     ``max_len`` keeps the most recent ``max_len`` history items (the right-most columns).
+    With ``require_label=False`` (the test split) the label column is used only when it holds
+    numeric 0/1 labels of both classes; anything else is a placeholder and ``labels`` is None.
+    ``group_col`` is the trainer's ``group_id`` column (read into ``groups``).
     Raises ``DataContractError`` naming the file and column for malformed input; nothing is
     silently coerced.
     """
@@ -176,8 +193,12 @@ def read_split(
     path = str(path)
     if not Path(path).is_file():
         raise contract.DataContractError([f"{path}: file not found"])
-    pf = pq.ParquetFile(path)
-    names = set(pf.schema_arrow.names)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _parquet_error(path, exc) from exc
+    schema = pf.schema_arrow
+    names = set(schema.names)
     label = dataset.label_col.name
     has_label = label in names
     if require_label and not has_label:
@@ -186,36 +207,34 @@ def read_split(
         )
     side: list[FeatureSpec] = dataset.side_features
     inputs = [TARGET_COL, HISTORY_COL] + [f.name for f in side]
-    missing = [c for c in inputs if c not in names]
+    missing = [
+        f"{path}: column {c!r} is missing (the config's feature_cols need it)"
+        for c in inputs
+        if c not in names
+    ]
     if missing:
-        raise contract.DataContractError(
-            [
-                f"{path}: column {c!r} is missing (the config's feature_cols need it)"
-                for c in missing
-            ]
-        )
-    read_cols = list(
-        dict.fromkeys(inputs + ([label] if has_label else []) + ([group_col] if group_col else []))
+        raise contract.DataContractError(missing)
+    if not require_label and has_label:
+        # the hidden test labels may be a placeholder: not checked, used only if real 0/1
+        lt = schema.field(label).type
+        has_label = pa.types.is_integer(lt) or pa.types.is_floating(lt) or pa.types.is_boolean(lt)
+        schema = pa.schema([f for f in schema if f.name != label])
+    # schema problems: other config columns, types, the group_id column
+    checker = contract.SplitChecker(
+        schema, path, dataset, n_items=n_items, require_label=require_label, group_col=group_col
     )
-    for c in dataset.feature_cols:
-        if c.name in names and c.name not in read_cols and c.active and c.type == "meta":
-            read_cols.append(c.name)
+    if checker.problems:
+        raise contract.DataContractError(checker.problems)
+    read_cols = list(dict.fromkeys(checker.read_columns + ([label] if has_label else [])))
 
     n = pf.metadata.num_rows
     # History width: the fixed-size type if it is one, else the length of the first row
-    # (every row must match; checked per batch below). Read one row, not a row group.
-    hist_type = pf.schema_arrow.field(HISTORY_COL).type
-    if pa.types.is_fixed_size_list(hist_type):
-        width = hist_type.list_size
-    else:
-        first = next(pf.iter_batches(batch_size=1, columns=[HISTORY_COL]), None)
-        width = (
-            int(_flat_list_values(first.column(0))[1][0])
-            if first is not None and first.num_rows
-            else 0
-        )
-    keep = width if max_len is None else min(width, int(max_len))
-
+    # (the checks make every row match it and reject nulls before it is read).
+    hist_type = schema.field(HISTORY_COL).type
+    width = hist_type.list_size if pa.types.is_fixed_size_list(hist_type) else None
+    keep = 0
+    if width is not None:
+        keep = width if max_len is None else min(width, int(max_len))
     seq_chunks: list[np.ndarray] = []
     seq_len = np.zeros(n, dtype=np.int16)
     target = np.zeros(n, dtype=np.int64)
@@ -226,44 +245,40 @@ def read_split(
     groups = np.zeros(n, dtype=np.int64) if group_col else None
 
     start = 0
-    for batch in pf.iter_batches(batch_size=_READ_BATCH_ROWS, columns=read_cols):
-        rows = batch.num_rows
-        table = pa.Table.from_batches([batch])
-        if has_label and not require_label:
-            # test files may carry a placeholder label: checked leniently below, not here
-            table = table.drop([label])
-        problems = contract.check_split_table(
-            table, path, dataset, n_items=n_items, require_label=require_label
-        )
-        if problems:
-            if start:
-                problems = [f"{p} (row numbers relative to row {start})" for p in problems]
-            raise contract.DataContractError(problems)
-        values, lens = _flat_list_values(batch.column(HISTORY_COL))
-        if rows and (lens != width).any():
-            bad = int(np.flatnonzero(lens != width)[0])
-            raise contract.DataContractError(
-                [
-                    f"{path}: column {HISTORY_COL!r} must have {width} items in every row; "
-                    f"row {start + bad} has {int(lens[bad])}"
-                ]
-            )
-        block = values.reshape(rows, width)[:, width - keep :]
-        real = block != 0  # left-padded (checked above): row-major order keeps item order
-        seq_chunks.append(block[real].astype(np.int32))
-        seq_len[start : start + rows] = real.sum(axis=1)
-        target[start : start + rows] = batch.column(TARGET_COL).to_numpy(zero_copy_only=False)
-        for f in side:
-            side_arrays[f.name][start : start + rows] = batch.column(f.name).to_numpy(
-                zero_copy_only=False
-            )
-        if labels is not None:
-            labels[start : start + rows] = batch.column(label).to_numpy(zero_copy_only=False)
-        if groups is not None:
-            groups[start : start + rows] = batch.column(group_col).to_numpy(zero_copy_only=False)
-        start += rows
-    if labels is not None and not require_label and not np.isin(labels, (0.0, 1.0)).all():
-        labels = None  # a placeholder label column (hidden test labels): no labels
+    try:
+        for batch in pf.iter_batches(batch_size=_READ_BATCH_ROWS, columns=read_cols):
+            rows = batch.num_rows
+            # once a batch fails, the rest is only checked: the error counts every bad row
+            checker.feed(batch, start)
+            if checker.has_problems or not rows:
+                start += rows
+                continue
+            values, lens = _flat_list_values(batch.column(HISTORY_COL))
+            if width is None:
+                width = int(lens[0])
+                keep = width if max_len is None else min(width, int(max_len))
+            block = values.reshape(rows, width)[:, width - keep :]
+            real = block != 0  # left-padded (checked): row-major order keeps item order
+            seq_chunks.append(block[real].astype(np.int32))
+            seq_len[start : start + rows] = real.sum(axis=1)
+            target[start : start + rows] = batch.column(TARGET_COL).to_numpy(zero_copy_only=False)
+            for f in side:
+                side_arrays[f.name][start : start + rows] = batch.column(f.name).to_numpy(
+                    zero_copy_only=False
+                )
+            if labels is not None:
+                labels[start : start + rows] = batch.column(label).to_numpy(zero_copy_only=False)
+            if groups is not None:
+                col = batch.column(group_col).to_numpy(zero_copy_only=False)
+                groups[start : start + rows] = col
+            start += rows
+    except (OSError, pa.ArrowException) as exc:
+        raise _parquet_error(path, exc) from exc
+    checker.tally.rows = n
+    if checker.has_problems:
+        raise contract.DataContractError(checker.result())
+    if labels is not None and not require_label:
+        labels = _real_labels(labels)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(seq_len, out=offsets[1:])
     values = np.concatenate(seq_chunks) if seq_chunks else np.zeros(0, dtype=np.int32)

@@ -91,6 +91,7 @@ corrupt one (truncated JPEG bytes, and one HTML error page saved as ``.jpg``);
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -598,6 +599,28 @@ def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> d
     }
 
 
+def _remove_stale_images(out_dir: Path) -> bool:
+    """Delete what :func:`write_images` wrote into ``out_dir`` on an earlier run (the
+    ``<id>.jpg`` files, then ``item_images/`` if that leaves it empty, and the manifest): a run
+    without images must not leave pictures of another seed's items. Other files are kept.
+    Returns whether anything was removed."""
+    removed = False
+    img_dir = out_dir / "item_images"
+    if img_dir.is_dir():
+        for path in img_dir.glob("*.jpg"):
+            if path.stem.isdigit() and path.is_file():
+                path.unlink()
+                removed = True
+        with contextlib.suppress(OSError):  # not empty: someone else's files, keep them
+            img_dir.rmdir()
+            removed = True
+    manifest = out_dir / "item_images_manifest.csv"
+    if manifest.is_file():
+        manifest.unlink()
+        removed = True
+    return removed
+
+
 def read_image_manifest(out_dir: str | os.PathLike) -> dict[int, str]:
     """``item_images_manifest.csv`` -> {item_id: status} (only the bad items are listed)."""
     with open(Path(out_dir) / "item_images_manifest.csv", newline="", encoding="utf-8") as fh:
@@ -733,6 +756,8 @@ def generate(
     if images:
         summary.update(write_images(world, out, seed))
         log("images written")
+    elif _remove_stale_images(out):
+        log(f"removed the images of an earlier run ({out / 'item_images'}, manifest)")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

@@ -249,10 +249,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     ds = cfg.dataset
     t0 = time.perf_counter()
     items = read_item_table(ds.item_info, ds)
-    group_col = t.group_id or (
-        "user_id" if any(f.name == "user_id" for f in ds.feature_cols) else None
-    )
-    read = dict(n_items=items.n_items, max_len=t.max_len, group_col=group_col)
+    read = dict(n_items=items.n_items, max_len=t.max_len, group_col=cfg.group_col)
     train_split = read_split(ds.train_data, ds, **read)
     valid_split = read_split(ds.valid_data, ds, **read)
     log.info(

@@ -133,3 +133,20 @@ def test_placeholder_test_labels_are_not_an_error(trained, tiny_data):
     )
     s = predict_submission(cfg_dir, expid, out_dir=tmp / "hidden", test_data=hidden, progress=False)
     assert s["rows"] == 500 and "test_AUC" not in s
+
+
+def test_the_config_as_loaded_now_decides_the_test_file(trained, tiny_data):
+    """An override (or an edited dataset_config.yaml, or a moved data root) is honoured: the
+    checkpoint gives the model, the config gives what to score."""
+    tmp, cfg_dir, expid, _ = trained
+    subset = tmp / "first_123.parquet"
+    pq.write_table(pq.read_table(tiny_data / "test.parquet").slice(0, 123), subset)
+    s = predict_submission(
+        cfg_dir,
+        expid,
+        out_dir=tmp / "subset",
+        overrides=[f"test_data={subset}"],
+        progress=False,
+    )
+    assert s["rows"] == 123 and s["test_data"] == str(subset)
+    assert len(pd.read_csv(tmp / "subset" / "prediction.csv")) == 123

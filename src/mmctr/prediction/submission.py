@@ -83,17 +83,24 @@ def predict_submission(
     """Score the test file with the best checkpoint of ``expid`` and write the submission.
 
     The run folder comes from the config (``<model_root>/<dataset_id>/<expid>/model.pt``)
-    unless ``checkpoint`` names the file. Returns a summary dict.
+    unless ``checkpoint`` names the file. The model and how it reads a history (``max_len``)
+    come from the checkpoint; the test file (``test_data``, unless ``test_data`` is given) and
+    ``bf16`` from the config as loaded now, overrides included, when ``config_dir`` is given:
+    so a moved data root or ``--override test_data=...`` is honoured. Returns a summary dict.
     """
     if column not in SUBMISSION_COLUMNS:
         raise SubmissionError(f"--column must be one of {list(SUBMISSION_COLUMNS)}, got {column!r}")
-    if checkpoint is None:
+    current = None
+    if config_dir is not None:
         from mmctr.config import load_config
 
-        cfg = load_config(
+        current = load_config(
             config_dir, expid, overrides=overrides, allow_hash_mismatch=allow_hash_mismatch
         )
-        checkpoint = run_dir_of(cfg) / "model.pt"
+    if checkpoint is None:
+        if current is None:
+            raise SubmissionError("give a config folder, or the checkpoint to use")
+        checkpoint = run_dir_of(current) / "model.pt"
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(
                 f"no trained model for expid {expid!r}: {checkpoint} does not exist "
@@ -102,7 +109,8 @@ def predict_submission(
     device = resolve_device(gpu)
     model, cfg, ckpt = ckpt_io.load_model(checkpoint, device)
     ds = cfg.dataset
-    test_path = str(test_data or ds.test_data or "")
+    run = current or cfg  # what to score and how: the config as loaded now, if any
+    test_path = str(test_data or run.dataset.test_data or "")
     if not test_path:
         raise FileNotFoundError(
             "no test file: the config has no test_data and --test-data was not given"
@@ -115,7 +123,7 @@ def predict_submission(
         max_len=cfg.trainer.max_len,
         require_label=False,
     )
-    bf16 = use_bf16(cfg.trainer.bf16, device)
+    bf16 = use_bf16(run.trainer.bf16, device)
     loader = BatchLoader(
         split,
         batch_size or max(cfg.trainer.batch_size, 4096),

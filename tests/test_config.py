@@ -33,6 +33,7 @@ from mmctr.config import (
     parse_tuner_id,
 )
 from mmctr.config.schema import DINConfig, TransformerDCNConfig
+from mmctr.utils import DeviceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -686,6 +687,10 @@ def test_run_cli_turns_config_errors_into_one_paragraph(tmp_path, capsys):
         (
             FileNotFoundError(2, "No such file or directory", "data/x.parquet"),
             "error: No such file or directory: data/x.parquet",
+        ),
+        (
+            DeviceError("--gpu 0 was asked for but CUDA is not available on this machine"),
+            "error: --gpu 0 was asked for but CUDA is not available",
         ),
     ],
 )

@@ -91,18 +91,41 @@ def test_ranks_split_every_epoch_exactly(loaded):
     assert torch.equal(torch.sort(torch.cat(parts)).values, torch.arange(train.n_rows))
 
 
-def test_a_rank_can_get_an_empty_last_batch(loaded):
-    """2,000 rows, batch 666 x 3 ranks: the last global batch has 2 rows, rank 2 gets none
-    (the trainer then runs a zero-weight row so DDP's all-reduce stays in step)."""
+def test_a_last_batch_too_small_for_two_rows_per_rank_is_folded(loaded):
+    """2,000 rows, batch 666 x 3 ranks: the 2-row rest would leave rank 2 nothing and the
+    others one row each (BatchNorm cannot train on one): it joins the batch before it."""
+    from mmctr.data.batching import batch_sizes
+
+    assert batch_sizes(2000, 1998, 3) == [2000]
+    assert batch_sizes(2000, 664 * 3, 3) == [1992, 8]  # 8 rows: 3, 3, 2 per rank
+    assert batch_sizes(2000, 1999) == [2000] and batch_sizes(2000, 1998) == [1998, 2]
+    assert batch_sizes(1, 256) == [1] and batch_sizes(0, 256) == []
     _, train = loaded
     sizes = [
         [len(b["index"]) for b in BatchLoader(train, 666, shuffle=True, rank=r, world_size=3)]
         for r in range(3)
     ]
-    assert [s[-1] for s in sizes] == [1, 1, 0]
-    assert sum(map(sum, sizes)) == train.n_rows
-    empty = list(BatchLoader(train, 666, shuffle=True, rank=2, world_size=3))[-1]
-    assert empty["item_seq"].shape[0] == 0 and empty["label"].shape == (0,)
+    assert sizes == [[667], [667], [666]]
+    assert len(BatchLoader(train, 666, world_size=3)) == 1
+
+
+def test_bucketing_keeps_the_partial_batch_last(loaded):
+    """Length bucketing shuffles whole batches; the partial one stays last, so every batch
+    is one cut of gb rows (not straddling two buckets) and the trainer's windows hold."""
+    _, train = loaded
+    ld = BatchLoader(train, 96, shuffle=True, seed=3, bucket_by_length=True)
+    batches = list(ld)
+    assert [len(b["index"]) for b in batches] == [96] * 20 + [80]
+    order = ld._order()
+    cuts = torch.cat([b["index"] for b in batches])
+    assert torch.equal(cuts, order)
+    spread = [
+        int((b["item_seq"] != 0).sum(1).max() - (b["item_seq"] != 0).sum(1).min())
+        for b in batches[:-1]
+    ]
+    # sorted within 50-batch windows, each batch spans a narrow range of lengths (batches
+    # cut across the shuffled partial batch mixed lengths 5..24 here before)
+    assert max(spread) < 10
 
 
 def test_bucketing_keeps_every_row_once(loaded):

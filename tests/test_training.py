@@ -74,6 +74,19 @@ def test_killed_after_an_epoch_and_resumed_matches_uninterrupted(tmp_path, tiny_
     assert resumed["test"] == full["test"]
 
 
+def test_resume_refuses_another_config_but_allows_more_epochs(tmp_path, tiny_data):
+    from mmctr.config import ConfigError
+
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=1, net_dropout=0.5)
+    train(load_config(cfg_dir, expid), gpu=-1, progress=False)
+    with pytest.raises(ConfigError, match=r"another config \(net_dropout: 0.5 -> 0.1\)"):
+        cfg = load_config(cfg_dir, expid, overrides=["net_dropout=0.1"])
+        train(cfg, gpu=-1, resume=True, progress=False)
+    more = load_config(cfg_dir, expid, overrides=["epochs=2", "verbose=0"])
+    resumed = train(more, gpu=-1, resume=True, progress=False)
+    assert resumed["epochs"] == 2
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_data):
     cfg_dir, expid = write_experiment(tmp_path, tiny_data)
     with pytest.raises(FileNotFoundError, match="last.pt"):
@@ -136,3 +149,33 @@ def test_missing_gpu_is_an_error_not_a_fallback(tmp_path, tiny_data):
     cfg_dir, expid = write_experiment(tmp_path, tiny_data)
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         train(load_config(cfg_dir, expid), gpu=0, progress=False)
+
+
+@pytest.mark.parametrize(("eval_steps", "expected"), [(100, [16]), (5, [5, 10, 15, 16])])
+def test_eval_steps_runs_always_end_evaluated(tmp_path, tiny_data, eval_steps, expected):
+    """2 epochs of 8 steps: the last step is evaluated even when eval_steps does not divide
+    the run, or exceeds it (then model.pt comes from that one evaluation)."""
+    _, results = _train(tmp_path, tiny_data, epochs=2, eval_steps=eval_steps)
+    assert [h["step"] for h in results["history"]] == expected
+    assert (tmp_path / "ckpt" / "tiny" / "tiny_exp" / "model.pt").is_file()
+
+
+def test_a_monitor_that_is_nan_stops_with_a_clear_error(tmp_path, tiny_data_copy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmctr.training.trainer import MonitorNotFinite
+
+    valid = pq.read_table(tiny_data_copy / "valid.parquet")
+    zeros = pa.array([0] * valid.num_rows, type=valid.schema.field("label").type)
+    valid = valid.set_column(valid.schema.get_field_index("label"), "label", zeros)
+    pq.write_table(valid, tiny_data_copy / "valid.parquet")
+    with pytest.raises(MonitorNotFinite, match=r"valid.parquet .*labels hold only \[0"):
+        _train(tmp_path, tiny_data_copy, epochs=1)
+
+
+def test_batch_norm_trains_when_one_row_would_be_left_over(tmp_path, tiny_data):
+    """2,000 rows at batch 1,999: the 1-row rest joins the batch before it (BatchNorm
+    cannot train on one row)."""
+    _, results = _train(tmp_path, tiny_data, epochs=1, batch_size=1999, batch_norm=True)
+    assert results["epochs"] == 1

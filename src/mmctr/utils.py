@@ -78,22 +78,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class DeviceError(RuntimeError):
+    """The device asked for (``--gpu N``) is not on this machine."""
+
+
 def resolve_device(gpu: int | str | None) -> Any:
-    """``--gpu N`` -> torch.device. -1 / None is CPU; a missing GPU is an error, never a fall-back."""
+    """``--gpu N`` -> torch.device. -1 / None is CPU; a missing GPU is a :class:`DeviceError`,
+    never a fall-back. GPU N also becomes the current CUDA device, so that nothing (pinned
+    memory, streams, CUDA graphs) lands on GPU 0 by default, as with several runs side by side
+    on one machine (the tuner)."""
     import torch
 
     if gpu is None or int(gpu) < 0:
         return torch.device("cpu")
     gpu = int(gpu)
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceError(
             f"--gpu {gpu} was asked for but CUDA is not available on this machine "
             "(use --gpu -1 for the CPU)"
         )
     if gpu >= torch.cuda.device_count():
-        raise RuntimeError(
+        raise DeviceError(
             f"--gpu {gpu} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist"
         )
+    torch.cuda.set_device(gpu)
     return torch.device(f"cuda:{gpu}")
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from mmctr.config.loader import ConfigError
+from mmctr.utils import DeviceError
 
 if TYPE_CHECKING:
     from mmctr.config.loader import ExperimentConfig
@@ -78,13 +79,16 @@ def load_experiment(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    kinds: list[type[BaseException]] = [ConfigError, UserError, FileNotFoundError]
-    # The data layer may not be imported (or not exist yet); an exception of its class can
+    kinds: list[type[BaseException]] = [ConfigError, UserError, FileNotFoundError, DeviceError]
+    # The data and training layers may not be imported; an exception of their classes can
     # only have been raised if its module is loaded, so look there instead of importing it.
-    contract = sys.modules.get("mmctr.data.contract")
-    data_error = getattr(contract, "DataContractError", None)
-    if isinstance(data_error, type) and issubclass(data_error, BaseException):
-        kinds.append(data_error)
+    for module, name in (
+        ("mmctr.data.contract", "DataContractError"),
+        ("mmctr.training.trainer", "MonitorNotFinite"),
+    ):
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            kinds.append(kind)
     return tuple(kinds)
 
 

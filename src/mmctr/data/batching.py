@@ -35,6 +35,19 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def batch_sizes(n_rows: int, global_batch: int, world_size: int = 1) -> list[int]:
+    """Rows of each global batch of an epoch: full batches, then the rest. A rest too small to
+    give every rank two rows is folded into the batch before it: BatchNorm cannot train on
+    one row, and no rank is left without rows."""
+    sizes = [global_batch] * (n_rows // global_batch)
+    rest = n_rows - global_batch * len(sizes)
+    if rest and sizes and rest < 2 * world_size:
+        sizes[-1] += rest
+    elif rest:
+        sizes.append(rest)
+    return sizes
+
+
 class BatchLoader:
     """Iterates over a :class:`SplitData` in batches of tensors.
 
@@ -101,7 +114,8 @@ class BatchLoader:
         return perm
 
     def _bucketed(self, perm: torch.Tensor) -> torch.Tensor:
-        """Sort each window of 50 global batches by length, then shuffle whole batches."""
+        """Sort each window of 50 global batches by length, then shuffle the full batches;
+        the last one (partial, or folded) stays last, where the trainer's windows expect it."""
         gb = self.batch_size * self.world_size
         window = gb * 50
         lens = torch.from_numpy(self._seq_len_host)[perm]
@@ -110,20 +124,20 @@ class BatchLoader:
             chunk = perm[s : s + window]
             parts.append(chunk[torch.argsort(lens[s : s + window], stable=True)])
         sorted_perm = torch.cat(parts)
-        n_batches = (len(sorted_perm) + gb - 1) // gb
+        n_full = len(batch_sizes(len(sorted_perm), gb, self.world_size)) - 1
         g = torch.Generator().manual_seed(int(self.seed) * 7919 + self.epoch)
-        order = torch.randperm(n_batches, generator=g)
-        return torch.cat([sorted_perm[i * gb : (i + 1) * gb] for i in order.tolist()])
+        order = torch.randperm(n_full, generator=g).tolist()
+        return torch.cat([sorted_perm[i * gb : (i + 1) * gb] for i in order] + [sorted_perm[n_full * gb :]])
 
     def __len__(self) -> int:
-        gb = self.batch_size * self.world_size
-        return (self.split.n_rows + gb - 1) // gb
+        return len(batch_sizes(self.split.n_rows, self.batch_size * self.world_size, self.world_size))
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._order()
-        gb = self.batch_size * self.world_size
-        for s in range(0, len(order), gb):
-            idx = order[s : s + gb]
+        s = 0
+        for size in batch_sizes(len(order), self.batch_size * self.world_size, self.world_size):
+            idx = order[s : s + size]
+            s += size
             if self.world_size > 1:
                 idx = idx[self.rank :: self.world_size]
             yield self.gather(idx)
@@ -159,7 +173,9 @@ class BatchLoader:
         total = int(lens_host.sum()) if len(idx) else 0
         out = torch.zeros(len(idx), width, dtype=torch.int64, device=lens.device)
         if total:
-            row = torch.repeat_interleave(torch.arange(len(idx), device=lens.device), lens, output_size=total)
+            row = torch.repeat_interleave(
+                torch.arange(len(idx), device=lens.device), lens, output_size=total
+            )
             first = torch.cumsum(lens, 0) - lens  # position of each row's first item in the gather
             pos = torch.arange(total, device=lens.device) - first.index_select(0, row)
             src = self._hist_offsets.index_select(0, idx).index_select(0, row) + pos

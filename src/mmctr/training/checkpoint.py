@@ -74,14 +74,23 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_last(path: Path, model: torch.nn.Module, optimizer, state: dict, config: dict) -> None:
+def save_last(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer,
+    state: dict,
+    config: dict,
+    rng_per_rank: list[dict[str, Any]] | None = None,
+) -> None:
+    """``rng_per_rank``: every torchrun rank's :func:`rng_states` (rank 0's are ``rng``)."""
     atomic_torch_save(
         {
             "format": "mmctr.last/1",
             "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer_state": optimizer.state_dict(),
             "trainer_state": state,
-            "rng": rng_states(),
+            "rng": rng_per_rank[0] if rng_per_rank else rng_states(),
+            "rng_per_rank": rng_per_rank,
             "config": config,
         },
         path,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mmctr.utils import resolve_device
+
 
 @dataclass
 class DistContext:
@@ -68,7 +70,7 @@ def init_distributed(use_cuda: bool) -> DistContext:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         if use_cuda:
-            torch.cuda.set_device(local)
+            resolve_device(local)  # a clear error without CUDA; makes it the current device
         dist.init_process_group(backend=backend)
     return DistContext(rank=rank, world_size=world, local_rank=local)
 

@@ -34,7 +34,8 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmctr.data.batching import BatchLoader
+from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, canonical_json
+from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
 from mmctr.training import checkpoint as ckpt_io
@@ -50,6 +51,10 @@ from mmctr.utils import (
     resolve_device,
     seed_everything,
 )
+
+
+class MonitorNotFinite(ValueError):
+    """The monitored valid metric is NaN/inf (e.g. AUC on one class): nothing can be compared."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,6 +108,33 @@ def cuda_graphs_off_reason(t, device: torch.device, dist: DistContext) -> str | 
     if t.optimizer.lower() not in ("adam", "adamw", "sgd"):
         return f"needs a fused optimizer (adam, adamw, sgd), got {t.optimizer!r}"
     return None
+
+
+#: keys a resumed run may change: where and how it runs, and how long it may go on
+RESUME_MAY_CHANGE = RUN_ENVIRONMENT_KEYS | {"epochs", "early_stop_patience"}
+
+
+def _check_resumed_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume ``path`` with an experiment other than the one it was trained as
+    (numbers compare by value: 1 == 1.0). A checkpoint without a recorded config passes."""
+    if not saved:
+        return
+    skip = RESUME_MAY_CHANGE | {"expid", "_meta"}
+    a = {k: v for k, v in saved.items() if k not in skip}
+    b = {k: v for k, v in current.items() if k not in skip}
+    changed = [
+        f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+        for k in sorted(set(a) | set(b))
+        if canonical_json({k: a[k]} if k in a else {})
+        != canonical_json({k: b[k]} if k in b else {})
+    ]
+    if changed:
+        may = ", ".join(sorted(RESUME_MAY_CHANGE - RUN_ENVIRONMENT_KEYS))
+        raise ConfigError(
+            f"--resume: {path} was trained with another config ({'; '.join(changed)}). Resume "
+            f"with the same config and overrides (only {may} and run-environment keys may "
+            "change), or train anew without --resume"
+        )
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -176,11 +208,12 @@ def evaluate_split(
     return metrics
 
 
-def _window_sizes(n_rows: int, global_batch: int, accumulation: int) -> list[int]:
+def _window_sizes(
+    n_rows: int, global_batch: int, accumulation: int, world_size: int = 1
+) -> list[int]:
     """Samples in each accumulation window of an epoch (the last window may be partial)."""
-    n_batches = math.ceil(n_rows / global_batch)
-    sizes = [min(global_batch, n_rows - i * global_batch) for i in range(n_batches)]
-    return [sum(sizes[i : i + accumulation]) for i in range(0, n_batches, accumulation)]
+    sizes = batch_sizes(n_rows, global_batch, world_size)
+    return [sum(sizes[i : i + accumulation]) for i in range(0, len(sizes), accumulation)]
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -307,10 +340,19 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no {last_path} to resume from")
         saved = ckpt_io.load_checkpoint(last_path)
+        _check_resumed_config(saved.get("config") or {}, cfg_dict, last_path)
         model.load_state_dict(saved["model_state"])
         optimizer.load_state_dict(saved["optimizer_state"])
         state = TrainerState(**saved["trainer_state"])
-        ckpt_io.set_rng_states(saved["rng"])
+        per_rank = saved.get("rng_per_rank") or [saved["rng"]]
+        if len(per_rank) != dist.world_size:
+            log.warning(
+                "resuming on %d process(es) from a checkpoint of %d: the random streams "
+                "(dropout, shuffling) continue differently than they would have",
+                dist.world_size,
+                len(per_rank),
+            )
+        ckpt_io.set_rng_states(per_rank[dist.rank % len(per_rank)])
         log.info(
             "resumed from %s: epoch %d, step %d, best %s",
             last_path,
@@ -324,7 +366,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
 
     sign = 1.0 if t.monitor_mode == "max" else -1.0
     global_batch = t.batch_size * dist.world_size
-    windows = _window_sizes(train_split.n_rows, global_batch, t.accumulation_steps)
+    windows = _window_sizes(train_split.n_rows, global_batch, t.accumulation_steps, dist.world_size)
 
     def score(split: SplitData) -> dict[str, Any]:
         return evaluate_split(
@@ -341,6 +383,19 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     def evaluate_and_checkpoint(train_loss: float, epoch_float: float) -> None:
         metrics = score(valid_split)
         value = monitor_value(metrics, t.monitor)
+        if not math.isfinite(value):
+            labels = np.unique(valid_split.labels).tolist()
+            msg = (
+                f"the monitor ({t.monitor}) is {value} on the valid split {ds.valid_data} at step "
+                f"{state.step}, so no evaluation can be compared with another"
+                + (
+                    f": its labels hold only {labels} (AUC needs both classes)"
+                    if len(labels) < 2
+                    else ""
+                )
+            )
+            log.error(msg)
+            raise MonitorNotFinite(msg)
         improved = state.best is None or sign * (value - state.best) > 1e-9
         record = {
             "step": state.step,
@@ -455,9 +510,10 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 if dist.enabled and not closes_window:
                     sync = net_model.no_sync()
                 with sync:
-                    # Under torchrun a rank's share of the last global batch can be empty.
-                    # DDP still needs every rank in the gradient all-reduce: run one row
-                    # through the model with weight 0 (it adds nothing to loss or gradients).
+                    # Under torchrun with fewer training rows than ranks, a rank's share of
+                    # the batch is empty (batch_sizes folds any other small rest). DDP still
+                    # needs every rank in the gradient all-reduce: run one row through the
+                    # model with weight 0 (it adds nothing to loss or gradients).
                     weight = 1.0
                     if rows == 0:
                         batch, weight = loader.gather(torch.zeros(1, dtype=torch.long)), 0.0
@@ -484,7 +540,10 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         state.epoch = epoch + 1
         total_seen = int(dist.all_reduce_sum(seen))
         train_loss = dist.all_reduce_sum(loss_sum) / max(total_seen, 1)
-        if not t.eval_steps and not state.stopped:
+        # Each epoch ends with an evaluation; with eval_steps, the last epoch does too unless
+        # its last step was just evaluated (so the run always ends evaluated, with a model.pt).
+        evaluated = bool(state.history) and state.history[-1]["step"] == state.step
+        if not state.stopped and (not t.eval_steps or (state.epoch >= t.epochs and not evaluated)):
             evaluate_and_checkpoint(train_loss, float(state.epoch))
         log.info(
             "epoch %d done: %d samples, train_loss %.5f, %.1fs since start%s",
@@ -494,8 +553,9 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             time.perf_counter() - t_train,
             f" ({graphed.summary()})" if graphed is not None else "",
         )
-        if main:
-            ckpt_io.save_last(last_path, model, optimizer, state.__dict__, cfg_dict)
+        rng = dist.all_gather_object(ckpt_io.rng_states()) if dist.enabled else None
+        if main:  # every rank's random streams, so that each resumes its own
+            ckpt_io.save_last(last_path, model, optimizer, state.__dict__, cfg_dict, rng)
         dist.barrier()
 
     # ---- final metrics with the best weights -------------------------------------------

@@ -233,3 +233,18 @@ def test_masked_mean_ignores_padding():
     valid = torch.tensor([[True, False, True]])
     torch.testing.assert_close(masked_mean(emb, valid), torch.tensor([[2.0]]))
     assert masked_mean(emb, torch.zeros_like(valid)).item() == 0.0
+
+
+def test_din_training_with_dice_is_unchanged_by_extra_padding(monkeypatch):
+    """Dice's batch statistics see the real items only: a batch with more left padding (as
+    an untrimmed batch on an accelerator) trains to the same logits."""
+    import mmctr.models.base as model_base
+
+    monkeypatch.setattr(model_base, "trim_leading_padding", lambda seq, keep_at_least=1: seq)
+    torch.manual_seed(0)
+    cfg = DINConfig(embedding_dim=8, dnn_hidden_units=[16], attention_hidden_units=[8])
+    model = build_model(cfg, _dataset(), _items()).train()
+    assert model.attention.batch_stats  # Dice in the attention MLP (the default)
+    batch = _batch()
+    padded = dict(batch, item_seq=torch.nn.functional.pad(batch["item_seq"], (30, 0)))
+    torch.testing.assert_close(model(padded), model(batch), rtol=1e-5, atol=1e-6)

@@ -353,7 +353,10 @@ class TargetAttention(nn.Module):
     """DIN's local activation unit: weights history items by their relevance to the target.
 
     history (B, L, D), target (B, D), valid (B, L) True = real item -> pooled (B, D).
-    Padding positions get weight 0 (or -inf before the softmax with ``use_softmax``).
+    Padding positions get weight 0 (or -inf before the softmax with ``use_softmax``). When the
+    scoring MLP holds batch statistics (Dice, batch_norm) and is training, it scores the real
+    items only: padding would enter the statistics, and how much padding a batch carries
+    (trimmed or not) would change the model.
     """
 
     def __init__(
@@ -369,13 +372,21 @@ class TargetAttention(nn.Module):
         self.mlp = MLP(4 * item_dim, hidden_units, activation, dropout, output_dim=1)
         self.out_act = get_activation(output_activation)
         self.use_softmax = use_softmax
+        self.batch_stats = any(isinstance(m, nn.BatchNorm1d | Dice) for m in self.mlp.modules())
 
     def forward(
         self, history: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
         t = target.unsqueeze(1).expand_as(history)
-        scores = self.out_act(self.mlp(torch.cat([t, history, t - history, t * history], -1)))
-        scores = scores.squeeze(-1)
+        if self.batch_stats and self.training:  # score the real items only (a host wait)
+            rows, cols = valid.nonzero(as_tuple=True)
+            h, tr = history[rows, cols], t[rows, cols]
+            real = self.mlp(torch.cat([tr, h, tr - h, tr * h], -1)).squeeze(-1)
+            scores = real.new_zeros(valid.shape).index_put((rows, cols), real)
+            scores = self.out_act(scores)
+        else:
+            scores = self.out_act(self.mlp(torch.cat([t, history, t - history, t * history], -1)))
+            scores = scores.squeeze(-1)
         if self.use_softmax:
             scores = scores.masked_fill(~valid, float("-inf"))
             scores = torch.softmax(scores, dim=-1).nan_to_num(0.0)

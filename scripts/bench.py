@@ -175,6 +175,8 @@ class StepRunner:
             self.model.min_seq_len = int(cfg.trainer.max_len or 100)
             if hasattr(self.model, "sequence"):
                 self.model.sequence.length_chunks = False
+            if hasattr(self.model, "cross"):  # nor the cross network's padding skipped
+                self.model.cross.skip_zeros = False
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = make_optimizer(
             t.optimizer, self.model.parameters(), t.learning_rate, t.weight_decay
@@ -281,6 +283,22 @@ class StepRunner:
 
     def close(self) -> None:
         self.timer.remove()
+
+
+def interleaved(
+    name: str, runners: dict[str, StepRunner], steps: int, repeats: int
+) -> dict[str, list[float]]:
+    """samples/s of each runner per repeat, the runners taking turns within every repeat, so
+    that a machine whose speed drifts affects them alike (one warm-up step each first)."""
+    for r in runners.values():
+        r.run_steps(1)
+    rates: dict[str, list[float]] = {label: [] for label in runners}
+    for rep in range(repeats):
+        for label, r in runners.items():
+            n, sec = r.run_steps(steps)
+            rates[label].append(n / sec)
+            bd.log(f"{name} repeat {rep + 1}: {label}: {n / sec:.1f} samples/s")
+    return rates
 
 
 def measure_train(

@@ -52,14 +52,8 @@ def compare(name: str, data_dir: Path, steps: int, repeats: int) -> dict:
     for label, m in widths.items():
         r = bench.StepRunner(cfg, items, split, torch.device("cpu"), False, sequence_chunks=True)
         r.model.sequence.min_chunk_width = m
-        r.run_steps(1)  # warm-up
         runners[label] = r
-    rates = {label: [] for label in runners}
-    for rep in range(repeats):
-        for label, r in runners.items():
-            n, sec = r.run_steps(steps)
-            rates[label].append(n / sec)
-            bd.log(f"{name} repeat {rep + 1}: chunks {label}: {n / sec:.1f} samples/s")
+    rates = bench.interleaved(name, runners, steps, repeats)
     out = {"expid": cfg.expid, "batch_size": cfg.trainer.batch_size, "steps": steps}
     for label, m in widths.items():
         out[label] = {

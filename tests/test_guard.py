@@ -88,6 +88,7 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch):
     model's own trimming (free there, off on accelerators) is patched out to see the rest."""
     model = _tdcn().train()
     model.sequence.length_chunks = False  # the CUDA bf16 default (chunking waits, by design)
+    model.cross.skip_zeros = False  # the default off the CPU (grouping rows reads lengths)
     opt = make_optimizer("adam", model.parameters(), 1e-3, 0.0)
     guard = DivergenceGuard(opt, torch.device("cpu"))
     assert guard.on_device  # fused Adam skips flagged steps itself

@@ -235,6 +235,106 @@ def test_masked_mean_ignores_padding():
     assert masked_mean(emb, torch.zeros_like(valid)).item() == 0.0
 
 
+def _zero_block_input(b: int, width: int, start: int, zeros: torch.Tensor) -> torch.Tensor:
+    x = torch.randn(b, width)
+    cols = torch.arange(width).expand(b, width) - start
+    return x.masked_fill((cols >= 0) & (cols < zeros[:, None]), 0.0)
+
+
+@pytest.mark.parametrize("overhead_rows", [0, 3, 100])
+def test_cross_network_skipping_zero_columns_equals_dense(overhead_rows):
+    """Output, every parameter's gradient and x0's gradient outside the zero blocks match
+    the dense layers; rows cover no zeros, part of the block, and all of it."""
+    torch.manual_seed(0)
+    b, width, start = 9, 23, 5
+    zeros = torch.tensor([0, 4, 4, 8, 16, 18, 1, 0, 12])
+    x0 = _zero_block_input(b, width, start, zeros)
+    w_out = torch.randn(b, width)
+    net = CrossNetV2(width, num_layers=3)
+    net.group_overhead_rows = overhead_rows
+    results = {}
+    for skip in (False, True):
+        net.skip_zeros = skip
+        net.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        y = net(x, zeros, start)
+        (y * w_out).sum().backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+        results[skip] = y.detach(), grads, x.grad
+    (y0, g0, gx0), (y1, g1, gx1) = results[False], results[True]
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-5)
+    outside = x0 != 0
+    torch.testing.assert_close(gx1[outside], gx0[outside], rtol=1e-5, atol=1e-5)
+    assert (y1 == 0)[x0 == 0].all()
+
+
+def test_row_groups_cover_every_row_once_at_no_more_zeros_than_it_has():
+    from mmctr.models.padded_cross import row_groups
+
+    zeros = torch.tensor([5, 0, 5, 3, 9, 9, 9, 1, 0, 3])
+    for overhead in (0, 1, 4, 100, 10_000):
+        groups = row_groups(zeros, 10, overhead)
+        rows = torch.cat([r for r, _ in groups])
+        assert sorted(rows.tolist()) == list(range(len(zeros)))
+        for r, z in groups:
+            assert (zeros[r] >= z).all()
+        assert [z for _, z in groups] == sorted(z for _, z in groups)  # widest first
+    # no fixed cost: every count its own group; a huge one: one group, computed dense
+    assert [z for _, z in row_groups(zeros, 10, 0)] == [0, 1, 3, 5, 9]
+    assert [z for _, z in row_groups(zeros, 10, 10_000)] == [0]
+    # the model's choice for a 9-wide run: 3 rows at width 1 + 7 rows at width 10 costs
+    # 1 * (3 + 4) + 100 * (7 + 4) = 1107 against 100 * (10 + 4) = 1400 for one group
+    assert [len(r) for r, _ in row_groups(zeros, 10, 4)][-1] == 3
+
+
+def test_transformer_dcn_skips_the_readout_padding_exactly_and_by_default_on_cpu(monkeypatch):
+    import mmctr.models.layers as layers
+
+    model = _tdcn()
+    assert model.cross.skip_zeros is None  # the default: skip on the CPU
+    model.cross.group_overhead_rows = 0
+    calls = []
+    real = layers.cross_skipping_zeros
+    monkeypatch.setattr(
+        layers, "cross_skipping_zeros", lambda *a, **k: calls.append(a[2]) or real(*a, **k)
+    )
+    batch = _batch()
+    results = {}
+    for skip in (None, False):
+        model.cross.skip_zeros = skip
+        model.zero_grad()
+        y = model(batch)
+        (y * torch.arange(1.0, 7.0)).sum().backward()
+        results[skip] = y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert len(calls) == 1  # skipped once, with the readout's zero columns per row:
+    d = model.sequence.d_model  # lengths 3, 5, 8, 1, 17, 12 with k = 4
+    assert calls[0].tolist() == [1 * d, 0, 0, 3 * d, 0, 0]
+    torch.testing.assert_close(results[None][0], results[False][0], rtol=1e-5, atol=1e-6)
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[None][1][name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_cross_skipping_under_cpu_bf16_autocast_stays_close_to_dense():
+    torch.manual_seed(0)
+    b, width, start = 8, 40, 4
+    zeros = torch.tensor([0, 8, 16, 24, 32, 36, 8, 0])
+    x0 = _zero_block_input(b, width, start, zeros)
+    net = CrossNetV2(width, num_layers=2)
+    out = {}
+    for skip in (False, True):
+        net.skip_zeros = skip
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = net(x0, zeros, start)
+        y.float().sum().backward()
+        out[skip] = y.float().detach(), net.layers[0].weight.grad.clone()
+    assert out[True][1].dtype == torch.float32
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0.05, atol=0.05)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=0.05, atol=0.1)
+
+
 def test_din_training_with_dice_is_unchanged_by_extra_padding(monkeypatch):
     """Dice's batch statistics see the real items only: a batch with more left padding (as
     an untrimmed batch on an accelerator) trains to the same logits."""

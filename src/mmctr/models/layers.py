@@ -14,6 +14,7 @@ from torch import nn
 
 from mmctr.config.schema import DatasetConfig, FeatureSpec
 from mmctr.data.dataset import TARGET_COL, ItemTable
+from mmctr.models.padded_cross import cross_skipping_zeros
 
 
 def get_activation(name: str | None, dim: int | None = None) -> nn.Module:
@@ -309,7 +310,17 @@ class CrossNetV2(nn.Module):
     ``low_rank=None`` is the full-rank layer (d*d weights per layer, as the peers). An int r
     gives the low-rank mixture of ``num_experts`` experts (DCN-Mix): W = U V^T of rank r per
     expert, gated by a softmax over experts, with far fewer parameters for wide inputs.
+
+    ``forward(x0, zeros, start)``: row i of x0 is 0 in the columns [start, start + zeros[i])
+    (Transformer-DCN's padding readout). The full-rank network then skips those rows and
+    columns of every W, exactly (:mod:`mmctr.models.padded_cross`), where ``skip_zeros`` says
+    so: None (the default) on the CPU, where grouping rows by ``zeros`` costs no host wait.
+    ``group_overhead_rows`` prices a row group's fixed cost (see
+    :func:`~mmctr.models.padded_cross.row_groups`).
     """
+
+    skip_zeros: bool | None = None
+    group_overhead_rows: int = 64
 
     def __init__(
         self, input_dim: int, num_layers: int, low_rank: int | None = None, num_experts: int = 1
@@ -333,8 +344,13 @@ class CrossNetV2(nn.Module):
             )
             self.gates = nn.ModuleList(nn.Linear(input_dim, 1, bias=False) for _ in range(e))
 
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x0: torch.Tensor, zeros: torch.Tensor | None = None, start: int = 0
+    ) -> torch.Tensor:
         x = x0
+        skip = self.skip_zeros if self.skip_zeros is not None else x0.device.type == "cpu"
+        if self.low_rank is None and zeros is not None and skip and x0.shape[0] > 0:
+            return cross_skipping_zeros(x0, self.layers, zeros, start, self.group_overhead_rows)
         if self.low_rank is None:
             for layer in self.layers:
                 x = x0 * layer(x) + x

@@ -8,6 +8,10 @@
 
 The peers pass ``mask = item_seq > 0`` (True = real item) as ``src_key_padding_mask``, whose
 True means IGNORE, so their attention reads only padding. Here ``pad = item_seq == 0``.
+
+The readout's padding positions are exact zeros in x, (k - n) blocks of 2D for a row of n < k
+real items, and stay zero through every cross layer; on the CPU the cross network skips them
+(:mod:`mmctr.models.padded_cross`; exact up to rounding).
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ class TransformerDCN(CTRModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target, history, pad = self.encode_items(batch)
         seq = self.sequence(history, target, pad)
-        x = torch.cat([self.side_encoder(batch), target, seq.to(target.dtype)], dim=-1)
-        h = torch.cat([self.cross(x), self.parallel_dnn(x)], dim=-1)
+        side = self.side_encoder(batch)
+        x = torch.cat([side, target, seq.to(target.dtype)], dim=-1)
+        # The readout's padding positions are exact zeros: k - n blocks of 2D for n real items.
+        k, width = self.sequence.first_k_cols, self.sequence.d_model
+        zeros = (k - (~pad).sum(dim=1).clamp(max=k)) * width
+        cross = self.cross(x, zeros, start=side.shape[1] + target.shape[1])
+        h = torch.cat([cross, self.parallel_dnn(x)], dim=-1)
         return self.head(h).squeeze(-1)

@@ -41,14 +41,16 @@ def configure_for_graphs(
     """Set up a model and its optimizer for a recorded step (``on``) or an eager one.
 
     Adam/AdamW's ``capturable`` flag follows ``on`` (it is cleared too, as a resumed optimizer
-    state may carry it). When on, the sequence encoder's length chunking goes off: chunk
-    sizes are data that the host would read.
+    state may carry it). When on, the sequence encoder's length chunking and the cross
+    network's grouping of rows by padding go off: both are data that the host would read.
     """
     for g in optimizer.param_groups:
         if "capturable" in g:
             g["capturable"] = on
     if on and hasattr(model, "sequence"):
         model.sequence.length_chunks = False
+    if on and hasattr(model, "cross"):
+        model.cross.skip_zeros = False
 
 
 class CudaGraphAPI:

@@ -285,6 +285,16 @@ class StepRunner:
         self.timer.remove()
 
 
+def side_by_side_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every side-by-side script shares (bench_chunks.py, bench_cross.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--expid", choices=sorted(EXPERIMENTS), action="append")
+    ap.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"])
+    ap.add_argument("--steps", type=int, default=0, help="steps per repeat (seed 1, rank-1 4)")
+    ap.add_argument("--repeats", type=int, default=3)
+    return ap
+
+
 def interleaved(
     name: str, runners: dict[str, StepRunner], steps: int, repeats: int
 ) -> dict[str, list[float]]:

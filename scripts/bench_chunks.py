@@ -12,7 +12,6 @@ medians, their ratio, and the share of untrimmed history tokens each setting com
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -71,11 +70,7 @@ def compare(name: str, data_dir: Path, steps: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--expid", choices=sorted(bench.EXPERIMENTS), action="append")
-    ap.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"])
-    ap.add_argument("--steps", type=int, default=0, help="steps per repeat (seed 1, rank-1 4)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = bench.side_by_side_parser(__doc__)
     args = ap.parse_args(argv)
     data_dir = bd.ensure_data(args.preset, None)
     for name in args.expid or ["seed", "rank1"]:

@@ -17,7 +17,6 @@ network's multiply-adds that skipping leaves.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -125,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmctr.models import build_model
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--expid", choices=sorted(bench.EXPERIMENTS), action="append")
-    ap.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"])
-    ap.add_argument("--steps", type=int, default=0, help="steps per repeat (seed 1, rank-1 4)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = bench.side_by_side_parser(__doc__)
     ap.add_argument(
         "--overhead-rows",
         type=int,

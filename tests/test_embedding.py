@@ -361,12 +361,18 @@ def _write_ids(path: Path, ids: pa.Array) -> Path:
     return path
 
 
-@pytest.mark.timeout(60)
-def test_bad_item_ids_and_out_fail_before_any_encoding(tiny_clip, tmp_path, monkeypatch):
+@pytest.fixture
+def encoding_forbidden(monkeypatch):
+    """Any image encoding fails the test: what it checks must come before that work."""
+
     def no_encoding(*a, **k):
         raise AssertionError("encoding started before the inputs were checked")
 
     monkeypatch.setattr(pipeline_mod, "_encode", no_encoding)
+
+
+@pytest.mark.timeout(60)
+def test_bad_item_ids_and_out_fail_before_any_encoding(tiny_clip, tmp_path, encoding_forbidden):
     _, images = make_items(tmp_path)
     kw = dict(model=str(tiny_clip), dim=DIM, num_workers=0, progress=False)
     cases = {
@@ -437,11 +443,9 @@ def test_saved_pca_keeps_old_vectors_when_items_are_added(tiny_clip, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_saved_pca_that_does_not_fit_is_refused_before_encoding(tiny_clip, tmp_path, monkeypatch):
-    def no_encoding(*a, **k):
-        raise AssertionError("encoding started before --pca was checked")
-
-    monkeypatch.setattr(pipeline_mod, "_encode", no_encoding)
+def test_saved_pca_that_does_not_fit_is_refused_before_encoding(
+    tiny_clip, tmp_path, encoding_forbidden
+):
     info, images = make_items(tmp_path)
     rng = np.random.default_rng(0)
     kw = dict(model=str(tiny_clip), num_workers=0, progress=False, out=tmp_path / "o.parquet")

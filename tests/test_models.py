@@ -172,10 +172,15 @@ def test_length_chunking_is_exact(min_chunk_width):
     lengths = torch.tensor([1, 2, 3, 4, 5, 8, 12, 2, 0])
     pad = torch.arange(w).expand(b, w) < (w - lengths[:, None])
     history, target = torch.randn(b, w, 4), torch.randn(b, 4)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            chunked(history, target, pad), plain(history, target, pad), rtol=0, atol=1e-6
-        )
+    weights = torch.randn(b, chunked.out_dim)
+    results = []
+    for enc in (chunked, plain):  # outputs, and the gradients back to the inputs and weights
+        h, t = history.clone().requires_grad_(True), target.clone().requires_grad_(True)
+        out = enc(h, t, pad)
+        (out * weights).sum().backward()
+        results.append([out.detach(), h.grad, t.grad, *(p.grad for p in enc.parameters())])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_length_chunking_default_is_on_outside_cuda_bf16(monkeypatch):

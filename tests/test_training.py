@@ -79,9 +79,12 @@ def test_resume_refuses_another_config_but_allows_more_epochs(tmp_path, tiny_dat
 
     cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=1, net_dropout=0.5)
     train(load_config(cfg_dir, expid), gpu=-1, progress=False)
+    record = tmp_path / "ckpt" / "tiny" / expid / "config.yaml"
+    before = record.read_text()
     with pytest.raises(ConfigError, match=r"another config \(net_dropout: 0.5 -> 0.1\)"):
         cfg = load_config(cfg_dir, expid, overrides=["net_dropout=0.1"])
         train(cfg, gpu=-1, resume=True, progress=False)
+    assert record.read_text() == before  # refused before the run folder was touched
     more = load_config(cfg_dir, expid, overrides=["epochs=2", "verbose=0"])
     resumed = train(more, gpu=-1, resume=True, progress=False)
     assert resumed["epochs"] == 2

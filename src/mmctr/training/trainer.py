@@ -274,8 +274,16 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     )
     for note in getattr(cfg, "notices", []):
         log.info("notice: %s", note)
+    cfg_dict = cfg.to_dict()
+    last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
+    saved = None
+    if resume:  # checked before anything in the run folder is rewritten
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no {last_path} to resume from")
+        saved = ckpt_io.load_checkpoint(last_path)
+        _check_resumed_config(saved.get("config") or {}, cfg_dict, last_path)
     if main:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     seed_everything(t.seed + dist.rank)
 
     # ---- data -------------------------------------------------------------------------
@@ -333,14 +341,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     optimizer = make_optimizer(t.optimizer, model.parameters(), t.learning_rate, t.weight_decay)
     state = TrainerState(lr=t.learning_rate)
     items_shapes = ckpt_io.item_table_shapes(items)
-    cfg_dict = cfg.to_dict()
-
-    last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
-    if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no {last_path} to resume from")
-        saved = ckpt_io.load_checkpoint(last_path)
-        _check_resumed_config(saved.get("config") or {}, cfg_dict, last_path)
+    if saved is not None:
         model.load_state_dict(saved["model_state"])
         optimizer.load_state_dict(saved["optimizer_state"])
         state = TrainerState(**saved["trainer_state"])
@@ -353,6 +354,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 len(per_rank),
             )
         ckpt_io.set_rng_states(per_rank[dist.rank % len(per_rank)])
+        saved = None  # the loaded states are in place; free the copy
         log.info(
             "resumed from %s: epoch %d, step %d, best %s",
             last_path,

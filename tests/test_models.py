@@ -353,3 +353,12 @@ def test_din_training_with_dice_is_unchanged_by_extra_padding(monkeypatch):
     batch = _batch()
     padded = dict(batch, item_seq=torch.nn.functional.pad(batch["item_seq"], (30, 0)))
     torch.testing.assert_close(model(padded), model(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_cross_skipping_refuses_a_second_backward_clearly():
+    net = CrossNetV2(12, num_layers=1)
+    x0 = _zero_block_input(4, 12, 2, torch.tensor([0, 4, 4, 8]))
+    y = net(x0.requires_grad_(True), torch.tensor([0, 4, 4, 8]), 2).sum()
+    y.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="skip_zeros = False"):
+        y.backward()

@@ -181,6 +181,11 @@ class _CrossSkippingZeros(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        if ctx.saved is None:
+            raise RuntimeError(
+                "the padding-skipping cross network frees its activations in its backward, so "
+                "it cannot run backward twice (retain_graph); set model.cross.skip_zeros = False"
+            )
         params = ctx.saved_tensors
         weights = ctx.mm_weights
         # The widest group comes first; when it keeps every column (a row with k or more
@@ -204,7 +209,7 @@ class _CrossSkippingZeros(torch.autograd.Function):
                     g = g + _matmul_kept_t(gu, weights[i], ranges)
                 gx0 += g  # x_0 is x0
                 grad_x0.index_copy_(0, rows, _expand(gx0.to(grad_x0.dtype), ranges, width))
-        ctx.saved = ctx.mm_weights = None
+        ctx.saved = ctx.mm_weights = None  # not held until the graph itself is dropped
         needs = ctx.needs_input_grad
         grads = [g for pair in zip(grad_w, grad_b) for g in pair]
         grads = [g if need else None for g, need in zip(grads, needs[4:])]

@@ -71,6 +71,7 @@ from mmctr.config import (
     ExperimentConfig,
     YamlLoader,
     build_config,
+    experiment_hash,
     load_config,
     load_yaml,
     make_expid,
@@ -223,7 +224,7 @@ def plan_grid(spec: TunerSpec) -> list[Experiment]:
     dataset_axes = [k for k in keys if k in spec.dataset_keys]
     dataset_ids: dict[str, str] = {}  # canonical JSON of the dataset point -> derived id
     experiments = []
-    seen: dict[str, str] = {}  # hash -> expid of the first grid point with it
+    seen: dict[str, str] = {}  # full hash -> expid of the first grid point with it
     for index, point in enumerate(points, start=1):
         tuned = dict(zip(keys, copy.deepcopy(point)))
         if dataset_axes:
@@ -243,7 +244,7 @@ def plan_grid(spec: TunerSpec) -> list[Experiment]:
         origin = f"{spec.path}: grid point {index}/{n} ({shown})"
         cfg = build_config(spec.base_expid, params, origin=origin)
         expid = make_expid(spec.base_expid, index, cfg.params)
-        first = seen.setdefault(expid[-8:], expid)
+        first = seen.setdefault(experiment_hash(cfg.params), expid)
         if first != expid:
             spec.notices.append(
                 f"grid point {index}/{n} ({shown}) is the same experiment as {first}: run once"

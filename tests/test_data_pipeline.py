@@ -325,3 +325,13 @@ def test_row_numbers_count_from_the_file_start(tiny_data_copy, tiny_dataset_conf
         read_split(train, tiny_dataset_config, n_items=300)
     msg = str(e.value)
     assert "3 of 2000 rows fail, first at row 700" in msg and "relative" not in msg
+
+
+def test_bucketing_shuffles_every_batch_when_all_are_full(loaded):
+    _, train = loaded
+    ld = BatchLoader(train, 100, shuffle=True, seed=3, bucket_by_length=True)  # 20 x 100
+    lasts = set()
+    for epoch in range(4):
+        ld.set_epoch(epoch)
+        lasts.add(int(list(ld)[-1]["index"][0]))
+    assert len(lasts) > 1  # the last batch is not pinned when there is no partial one

@@ -124,7 +124,8 @@ class BatchLoader:
             chunk = perm[s : s + window]
             parts.append(chunk[torch.argsort(lens[s : s + window], stable=True)])
         sorted_perm = torch.cat(parts)
-        n_full = len(batch_sizes(len(sorted_perm), gb, self.world_size)) - 1
+        sizes = batch_sizes(len(sorted_perm), gb, self.world_size)
+        n_full = sum(1 for size in sizes if size == gb)  # a partial or folded one stays last
         g = torch.Generator().manual_seed(int(self.seed) * 7919 + self.epoch)
         order = torch.randperm(n_full, generator=g).tolist()
         return torch.cat([sorted_perm[i * gb : (i + 1) * gb] for i in order] + [sorted_perm[n_full * gb :]])

@@ -182,3 +182,34 @@ def test_batch_norm_trains_when_one_row_would_be_left_over(tmp_path, tiny_data):
     cannot train on one row)."""
     _, results = _train(tmp_path, tiny_data, epochs=1, batch_size=1999, batch_norm=True)
     assert results["epochs"] == 1
+
+
+def test_killed_mid_epoch_after_an_evaluation_and_resumed_matches_uninterrupted(
+    tmp_path, tiny_data, monkeypatch
+):
+    """With eval_steps, last.pt is also written after each evaluation inside an epoch: a kill
+    after step 4 of 8 resumes at batch 5 with the same data order, random streams and running
+    loss, and ends exactly as the uninterrupted run."""
+    params = dict(epochs=2, eval_steps=4)
+    _, full = _train(tmp_path / "full", tiny_data, **params)
+
+    cfg_dir, expid = write_experiment(tmp_path / "killed", tiny_data, **params)
+    cfg = load_config(cfg_dir, expid)
+    real_save_last = ckpt_io.save_last
+    saved_states = []
+
+    def save_then_die(path, model, optimizer, state, *args, **kwargs):
+        real_save_last(path, model, optimizer, state, *args, **kwargs)
+        saved_states.append(dict(state))
+        raise KeyboardInterrupt("simulated kill after the first last.pt")
+
+    monkeypatch.setattr(ckpt_io, "save_last", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, gpu=-1, progress=False)
+    assert saved_states[0]["batches_done"] == 4 and saved_states[0]["epoch"] == 0
+    monkeypatch.setattr(ckpt_io, "save_last", real_save_last)
+    resumed = train(cfg, gpu=-1, resume=True, progress=False)
+    assert [(h["step"], h["AUC"], h["train_loss"]) for h in resumed["history"]] == [
+        (h["step"], h["AUC"], h["train_loss"]) for h in full["history"]
+    ]
+    assert resumed["valid"] == full["valid"] and resumed["test"] == full["test"]

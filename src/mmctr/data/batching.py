@@ -134,11 +134,19 @@ class BatchLoader:
         return len(batch_sizes(self.split.n_rows, self.batch_size * self.world_size, self.world_size))
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """This epoch's batches from batch number ``start`` on (a resume mid-epoch skips the
+        ones already trained; the order is the same, a function of seed and epoch)."""
         order = self._order()
         s = 0
-        for size in batch_sizes(len(order), self.batch_size * self.world_size, self.world_size):
+        sizes = batch_sizes(len(order), self.batch_size * self.world_size, self.world_size)
+        for n, size in enumerate(sizes):
             idx = order[s : s + size]
             s += size
+            if n < start:
+                continue
             if self.world_size > 1:
                 idx = idx[self.rank :: self.world_size]
             yield self.gather(idx)

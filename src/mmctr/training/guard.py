@@ -76,6 +76,11 @@ class DivergenceGuard:
         self._loss_sum.zero_()
         self.rows = 0
 
+    def restore(self, loss_sum: float, rows: int) -> None:
+        """Continue an epoch's running loss from a checkpoint taken mid-epoch."""
+        self._loss_sum.fill_(float(loss_sum))
+        self.rows = int(rows)
+
     def add(self, loss_sum: torch.Tensor) -> None:
         """One micro-batch's summed loss (device work only)."""
         loss_sum = loss_sum.detach()

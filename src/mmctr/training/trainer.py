@@ -75,6 +75,10 @@ class TrainerState:
     lr: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: bool = False
+    # a last.pt taken mid-epoch (after an eval_steps evaluation): batches of the epoch done,
+    # and every rank's running [loss sum, samples] of the epoch so far
+    batches_done: int = 0
+    running: list[list[float]] = field(default_factory=list)
 
 
 def run_dir_of(cfg) -> Path:
@@ -483,11 +487,22 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         msg = (
             f"{what} at optimizer step {first_bad + 1} (epoch {epoch + 1}); that update was "
             f"skipped, so no weights hold it, and training stops at batch {batch_no}. The last "
-            f"good checkpoints are kept in {run_dir} (model.pt = best, last.pt = last "
-            "completed epoch). Try a lower learning_rate or bf16: false."
+            f"good checkpoints are kept in {run_dir} (model.pt = best, last.pt = the last "
+            "epoch end or eval_steps evaluation). Try a lower learning_rate or bf16: false."
         )
         log.error(msg)
         raise TrainingDiverged(msg)
+
+    def save_last(batches_done: int, loss_sum: float = 0.0, seen: int = 0) -> None:
+        """last.pt, with every rank's random streams and running epoch loss (so that each
+        rank resumes its own); ``batches_done`` > 0 mid-epoch."""
+        mine = (ckpt_io.rng_states(), [loss_sum, seen])
+        ranks = dist.all_gather_object(mine) if dist.enabled else [mine]
+        state.batches_done = batches_done
+        state.running = [r[1] for r in ranks] if batches_done else []
+        if main:
+            rng = [r[0] for r in ranks] if dist.enabled else None
+            ckpt_io.save_last(last_path, model, optimizer, state.__dict__, cfg_dict, rng)
 
     t_train = time.perf_counter()
     while state.epoch < t.epochs and not state.stopped:
@@ -495,13 +510,20 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         loader.set_epoch(epoch)
         net_model.train()
         guard.reset_loss()
+        start, state.batches_done = state.batches_done, 0  # > 0: resumed mid-epoch
+        if start:
+            running = state.running[dist.rank % len(state.running)]
+            guard.restore(running[0], int(running[1]))
+            log.info("resuming epoch %d at batch %d of %d", epoch + 1, start + 1, n_batches)
         bar = tqdm(
-            loader,
+            loader.batches(start),
+            total=n_batches,
+            initial=start,
             desc=f"epoch {epoch + 1}/{t.epochs}",
             disable=not (progress and main),
             leave=False,
         )
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(bar, start=start):
             window = i // t.accumulation_steps
             closes_window = (i + 1) % t.accumulation_steps == 0 or i + 1 == n_batches
             rows = int(batch["label"].shape[0])
@@ -538,6 +560,8 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 evaluate_and_checkpoint(total, epoch + (i + 1) / n_batches)
                 if state.stopped:
                     break
+                if i + 1 < n_batches:  # a kill from here on loses only steps since this one
+                    save_last(i + 1, loss_sum, seen)
         loss_sum, seen = checked_loss(epoch, n_batches)
         state.epoch = epoch + 1
         total_seen = int(dist.all_reduce_sum(seen))
@@ -555,9 +579,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             time.perf_counter() - t_train,
             f" ({graphed.summary()})" if graphed is not None else "",
         )
-        rng = dist.all_gather_object(ckpt_io.rng_states()) if dist.enabled else None
-        if main:  # every rank's random streams, so that each resumes its own
-            ckpt_io.save_last(last_path, model, optimizer, state.__dict__, cfg_dict, rng)
+        save_last(0)
         dist.barrier()
 
     # ---- final metrics with the best weights -------------------------------------------

@@ -362,3 +362,37 @@ def test_cross_skipping_refuses_a_second_backward_clearly():
     y.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="skip_zeros = False"):
         y.backward()
+
+
+def test_cross_skipping_keeps_float64_gradients_exact():
+    """The backward raises bf16 gradients to float32 but keeps float64 (a model.double())."""
+    torch.manual_seed(0)
+    zeros = torch.tensor([0, 4, 8, 8])
+    x0 = _zero_block_input(4, 16, 3, zeros).double()
+    net = CrossNetV2(16, num_layers=2).double()
+    grads = []
+    for skip in (False, True):
+        net.skip_zeros = skip
+        net.zero_grad()
+        net(x0, zeros, 3).pow(2).sum().backward()
+        grads.append(net.layers[0].weight.grad.clone())
+    assert grads[1].dtype == torch.float64
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+    outs = []  # autocast leaves float64 alone, and so does the skipping path
+    for skip in (False, True):
+        net.skip_zeros = skip
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(net(x0, zeros, 3))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+
+
+def test_din_trains_on_a_batch_with_a_single_real_item():
+    """Dice's BatchNorm cannot train on one row: with one real item in the whole batch the
+    attention scores every position instead of failing."""
+    torch.manual_seed(0)
+    cfg = DINConfig(embedding_dim=8, dnn_hidden_units=[16], attention_hidden_units=[8])
+    model = build_model(cfg, _dataset(), _items()).train()
+    batch = _batch(2)
+    batch["item_seq"] = torch.zeros_like(batch["item_seq"])
+    batch["item_seq"][0, -1] = 5
+    assert torch.isfinite(model(batch)).all()

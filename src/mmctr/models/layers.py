@@ -407,8 +407,12 @@ class TargetAttention(nn.Module):
         self, history: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
         t = target.unsqueeze(1).expand_as(history)
+        rows = cols = None
         if self.batch_stats and self.training:  # score the real items only (a host wait)
             rows, cols = valid.nonzero(as_tuple=True)
+            if len(rows) < 2:  # BatchNorm cannot train on one row: score every position
+                rows = cols = None
+        if rows is not None:
             h, tr = history[rows, cols], t[rows, cols]
             real = self.mlp(torch.cat([tr, h, tr - h, tr * h], -1)).squeeze(-1)
             scores = real.new_zeros(valid.shape).index_put((rows, cols), real)

@@ -93,11 +93,16 @@ def _spans(ranges: Ranges) -> list[tuple[int, int, int, int]]:
     return spans
 
 
-def _mm_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The product's dtype: autocast's where it is on, else the operands' (promoted)."""
-    if torch.is_autocast_enabled(x.device.type):
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would multiply ``x`` in, or None (off, or float64: left alone)."""
+    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(x.device.type)
-    return torch.promote_types(x.dtype, weight.dtype)
+    return None
+
+
+def _mm_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The product's dtype: autocast's where it applies, else the operands' (promoted)."""
+    return _autocast_dtype(x) or torch.promote_types(x.dtype, weight.dtype)
 
 
 def _matmul_kept(xc: torch.Tensor, weight: torch.Tensor, ranges: Ranges) -> torch.Tensor:
@@ -158,8 +163,9 @@ class _CrossSkippingZeros(torch.autograd.Function):
         batch, width = x0.shape
         device = x0.device.type
         ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        if ctx.autocast[0]:  # cast each weight once per step, as autocast's cache does
-            weights = tuple(w.to(ctx.autocast[1]) for w in weights)
+        cast = _autocast_dtype(x0)
+        if cast is not None:  # cast each weight once per step, as autocast's cache does
+            weights = tuple(w.to(cast) for w in weights)
         out = x0.new_zeros(batch, width)
         saved = []
         for rows, z in row_groups(zeros, width, overhead_rows):
@@ -198,7 +204,8 @@ class _CrossSkippingZeros(torch.autograd.Function):
         enabled, dtype = ctx.autocast  # the forward's autocast state
         with torch.autocast(grad_out.device.type, dtype=dtype, enabled=enabled):
             for n, (rows, ranges, xc0, layers) in enumerate(ctx.saved):
-                g = _compress(grad_out.index_select(0, rows), ranges).float()
+                g = _compress(grad_out.index_select(0, rows), ranges)
+                g = g.to(torch.promote_types(g.dtype, torch.float32))  # bf16 up, float64 kept
                 gx0 = torch.zeros_like(g)
                 for i in reversed(range(len(layers))):
                     xc, u = layers[i]

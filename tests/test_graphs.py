@@ -118,6 +118,18 @@ def test_lr_change_records_again_and_other_shapes_run_eagerly():
     assert seen == [4, 4, 4, 4, 2, 4]
 
 
+def test_a_partial_first_batch_does_not_set_the_recorded_shape():
+    """A resume mid-epoch can start at the last, partial batch: with full_rows, the graph is
+    still recorded for the full batches that follow."""
+    net, opt, step, seen = _toy_step()
+    api = ReplayByCalling()
+    graphed = GraphedStep(step, opt, torch.device("cpu"), warmup=1, graph_api=api, full_rows=4)
+    graphed({"x": torch.randn(2, 3)})  # the partial batch first: eager, not the signature
+    for _ in range(3):
+        graphed({"x": torch.randn(4, 3)})
+    assert (graphed.eager_steps, graphed.replays, api.recorded) == (2, 2, 1)
+
+
 def test_a_step_that_waits_for_the_device_runs_eagerly(caplog):
     net, opt, step, _ = _toy_step()
 

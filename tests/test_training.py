@@ -213,3 +213,26 @@ def test_killed_mid_epoch_after_an_evaluation_and_resumed_matches_uninterrupted(
         (h["step"], h["AUC"], h["train_loss"]) for h in full["history"]
     ]
     assert resumed["valid"] == full["valid"] and resumed["test"] == full["test"]
+
+
+def test_resume_allows_moved_data_and_defaults_and_a_larger_patience(tmp_path, tiny_data):
+    """A moved data root, eval_batch_size and a key written out at its default are no change;
+    a larger early_stop_patience lets an early-stopped run go on."""
+    import shutil
+
+    cfg_dir, expid = write_experiment(
+        tmp_path, tiny_data, epochs=6, early_stop_patience=1, learning_rate=0.5
+    )
+    first = train(load_config(cfg_dir, expid), gpu=-1, progress=False)
+    assert first["epochs"] < 6  # stopped early
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_data, moved)
+    text = (cfg_dir / "dataset_config.yaml").read_text().replace(str(tiny_data), str(moved))
+    (cfg_dir / "dataset_config.yaml").write_text(text)
+    more = load_config(
+        cfg_dir,
+        expid,
+        overrides=["early_stop_patience=20", "eval_batch_size=512", "shuffle=true"],
+    )
+    resumed = train(more, gpu=-1, resume=True, progress=False)
+    assert resumed["epochs"] == 6 and len(resumed["history"]) > len(first["history"])

@@ -92,8 +92,10 @@ class GraphedStep:
         warmup: int = 3,
         log: logging.Logger | None = None,
         graph_api=None,
+        full_rows: int | None = None,
     ) -> None:
         self.step_fn = step_fn
+        self.full_rows = full_rows  # only batches of this many rows are recorded (None: any)
         self.optimizer = optimizer
         self.device = device
         self.warmup_left = warmup
@@ -117,6 +119,9 @@ class GraphedStep:
     def __call__(self, batch: Batch) -> None:
         if not self.enabled:
             return self._eager(batch)
+        rows = next(iter(batch.values())).shape[0] if batch else 0
+        if self.full_rows is not None and rows != self.full_rows:
+            return self._eager(batch)  # a partial batch (e.g. the first one after a resume)
         if self.warmup_left > 0:
             self.warmup_left -= 1
             if self.signature is None:

@@ -20,6 +20,7 @@ checkpoints (``checkpoint.py``), metrics (``metrics.py``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -34,7 +35,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, canonical_json
+from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, ExperimentConfig, canonical_json
 from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
@@ -114,8 +115,31 @@ def cuda_graphs_off_reason(t, device: torch.device, dist: DistContext) -> str | 
     return None
 
 
-#: keys a resumed run may change: where and how it runs, and how long it may go on
-RESUME_MAY_CHANGE = RUN_ENVIRONMENT_KEYS | {"epochs", "early_stop_patience"}
+#: keys a resumed run may change: where and how it runs, where the data files are, how it
+#: evaluates, and how long it may go on
+RESUME_MAY_CHANGE = RUN_ENVIRONMENT_KEYS | {
+    "epochs",
+    "early_stop_patience",
+    "eval_batch_size",
+    "data_root",
+    "train_data",
+    "valid_data",
+    "test_data",
+    "item_info",
+}
+
+
+def _resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """Every key of a saved config, defaults filled in (a key written out with its default
+    value is no change); the dict as it is when it no longer loads."""
+    try:
+        cfg = ExperimentConfig.from_dict(config)
+    except ConfigError:
+        return dict(config)
+    out: dict[str, Any] = {}
+    for part in (cfg.dataset, cfg.trainer, cfg.model):
+        out.update(dataclasses.asdict(part))
+    return out
 
 
 def _check_resumed_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
@@ -124,8 +148,8 @@ def _check_resumed_config(saved: dict[str, Any], current: dict[str, Any], path: 
     if not saved:
         return
     skip = RESUME_MAY_CHANGE | {"expid", "_meta"}
-    a = {k: v for k, v in saved.items() if k not in skip}
-    b = {k: v for k, v in current.items() if k not in skip}
+    a = {k: v for k, v in _resolved(saved).items() if k not in skip}
+    b = {k: v for k, v in _resolved(current).items() if k not in skip}
     changed = [
         f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
         for k in sorted(set(a) | set(b))
@@ -359,6 +383,15 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             )
         ckpt_io.set_rng_states(per_rank[dist.rank % len(per_rank)])
         saved = None  # the loaded states are in place; free the copy
+        if state.batches_done and len(state.running) != dist.world_size:
+            raise ConfigError(
+                f"--resume: {last_path} was taken mid-epoch by {len(state.running)} "
+                f"process(es); resume it with as many (here {dist.world_size}), as batches are "
+                "cut from the global batch size"
+            )
+        if state.stopped and state.bad_evals < t.early_stop_patience:
+            state.stopped = False  # a larger early_stop_patience lets a stopped run go on
+            log.info("early_stop_patience is now %d: training goes on", t.early_stop_patience)
         log.info(
             "resumed from %s: epoch %d, step %d, best %s",
             last_path,
@@ -472,7 +505,9 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         net_model=net_model,
         autocast_cache=not graphs,
     )
-    graphed = GraphedStep(step.whole, optimizer, device, log=log) if graphs else None
+    graphed = None
+    if graphs:
+        graphed = GraphedStep(step.whole, optimizer, device, log=log, full_rows=t.batch_size)
 
     def checked_loss(epoch: int, batch_no: int) -> tuple[float, int]:
         """(summed train loss, samples) of this epoch so far; stops a diverged run."""

@@ -555,8 +555,12 @@ def test_fuxictr_tuner_ids_load_unchanged_with_a_notice(tmp_path):
     d = write_config(tmp_path, yaml.safe_dump({expid: block}, sort_keys=False))
     cfg = load_config(d, expid)
     assert cfg.hash_check == HASH_FOREIGN
-    assert any("is not checked" in n for n in cfg.notices)
+    assert any("not checked" in n and "no 'tuner' key" in n for n in cfg.notices)
     assert cfg.to_dict()["_meta"]["hash_check"] == HASH_FOREIGN
+    # a block of an older mmctr tuner (no 'tuner' key) whose hash is right is still checked
+    own = make_expid("Transformer_DCN", 1, params)
+    d = write_config(tmp_path, yaml.safe_dump({own: block}, sort_keys=False))
+    assert load_config(d, own).hash_check == HASH_OK
 
 
 # ---------------------------------------------------------------------------- round trip
@@ -756,7 +760,7 @@ def test_fuxictr_regulariser_spellings_load_and_bad_ones_are_named(tmp_path):
         assert parse_regularizer(cfg.trainer.embedding_regularizer) is not None
     assert parse_regularizer("l1_l2(1e-6, 1e-5)") == [(1, 1e-6), (2, 1e-5)]
     assert parse_regularizer(0) == [] and parse_regularizer(None) == []
-    for bad in ["l3(1e-5)", "l2(a)", "l1_l2(1e-5)", "-1e-5"]:
+    for bad in ["l3(1e-5)", "l2(a)", "l1_l2(1e-5)", "-1e-5", "l2(nan)", ".inf"]:
         with pytest.raises(ConfigError, match="net_regularizer.*'l1_l2\\(x, y\\)'"):
             load_config(d, EXPID, overrides=[f"net_regularizer={bad}"])
 

@@ -53,7 +53,7 @@ OVERRIDE_SOURCE = "--override"
 HASH_OK = "ok"
 HASH_NOT_TUNER_ID = "not a tuner id"
 HASH_MISMATCH_ALLOWED = "MISMATCH allowed by --allow-hash-mismatch"
-HASH_FOREIGN = "not checked: a tuner-style id without a 'tuner' key (FuxiCTR's hash)"
+HASH_FOREIGN = "not checked: a tuner-style id of another tool (no 'tuner' key; FuxiCTR's hash)"
 
 # FuxiCTR feature_cols keys that mmctr accepts and ignores (a notice each).
 IGNORED_FEATURE_KEYS = frozenset(
@@ -90,7 +90,7 @@ _POSITIVE = (lambda v: v >= 1, "at least 1")
 _NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
 _DROPOUT = (lambda v: 0 <= v < 1, "in [0, 1)")
 _UNITS = (lambda v: all(u >= 1 for u in v), "a list of sizes >= 1")
-_REGULARIZER_FORMS = "a non-negative number (L2), 'l1(x)', 'l2(x)' or 'l1_l2(x, y)'"
+_REGULARIZER_FORMS = "a finite non-negative number (L2), 'l1(x)', 'l2(x)' or 'l1_l2(x, y)'"
 
 
 def _is_regularizer(value: Any) -> bool:
@@ -641,15 +641,16 @@ def _check_hash(cfg: ExperimentConfig, allow_mismatch: bool) -> str:
     m = TUNER_ID_RE.match(cfg.expid)
     if m is None:
         return HASH_NOT_TUNER_ID
-    if cfg.params.get("tuner") is None:  # e.g. FuxiCTR's tuner output, brought unchanged
-        cfg.notices.append(
-            f"expid {cfg.expid} has the form of a tuner id, but its block has no 'tuner' key "
-            "(mmctr's tuner writes one): its hash is not mmctr's and is not checked"
-        )
-        return HASH_FOREIGN
     said, actual = m.group(3), experiment_hash(cfg.params)[:8]
     if said == actual:
         return HASH_OK
+    if cfg.params.get("tuner") is None:  # e.g. FuxiCTR's tuner output, brought unchanged
+        cfg.notices.append(
+            f"expid {cfg.expid} has the form of a tuner id, but its hash is not that of its "
+            f"parameters ({actual}) and its block has no 'tuner' key (mmctr's tuner writes "
+            "one): taken as another tool's id (FuxiCTR's tuner), not checked"
+        )
+        return HASH_FOREIGN
     message = (
         f"expid {cfg.expid} says hash {said} but its parameters hash to {actual}: the config "
         "was edited by hand or overridden"

@@ -13,6 +13,7 @@ The field names are the YAML keys. Defaults follow FuxiCTR where it has one.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -264,6 +265,6 @@ def parse_regularizer(value: float | str | None) -> list[tuple[int, float]]:
             ) from None
     else:
         raise ValueError(f"{value!r} is not a regulariser")
-    if any(lam < 0 for _, lam in pairs):
-        raise ValueError(f"{value!r}: regulariser weights must be non-negative")
+    if any(not math.isfinite(lam) or lam < 0 for _, lam in pairs):
+        raise ValueError(f"{value!r}: regulariser weights must be finite and non-negative")
     return [(p, lam) for p, lam in pairs if lam > 0]

@@ -109,6 +109,7 @@ class TunerSpec:
     axes: dict[str, list[Any]]  # key -> values, in grid order
     dataset_keys: frozenset[str]  # the axis keys that belong to the dataset block
     notices: list[str] = field(default_factory=list)  # said once, by run_tuner
+    n_points: int = 0  # grid points, duplicates included (set by plan_grid)
 
 
 @dataclass
@@ -220,7 +221,7 @@ def plan_grid(spec: TunerSpec) -> list[Experiment]:
     """
     keys = list(spec.axes)
     points = list(itertools.product(*(spec.axes[k] for k in keys)))
-    n = len(points)
+    n = spec.n_points = len(points)
     dataset_axes = [k for k in keys if k in spec.dataset_keys]
     dataset_ids: dict[str, str] = {}  # canonical JSON of the dataset point -> derived id
     experiments = []
@@ -289,7 +290,7 @@ def write_tuner_configs(
     parts.append(_dump({"Base": shared}))
     for exp in experiments:
         shown = ", ".join(f"{k}={_cell(v)}" for k, v in exp.tuned.items()) or "no axes"
-        parts.append(f"\n# {exp.index}/{len(experiments)}: {shown}\n")
+        parts.append(f"\n# grid point {exp.index}/{spec.n_points}: {shown}\n")
         parts.append(_dump({exp.expid: exp.model_block}))
     blocks: dict[str, dict[str, Any]] = {}
     for exp in experiments:
@@ -413,11 +414,11 @@ def run_tuner(
                 if slot not in running and queue:
                     exp, row = queue.popleft()
                     running[slot] = _launch(
-                        exp, row, gpu, script, config_dir, rerun, env, len(rows), echo
+                        exp, row, gpu, script, config_dir, rerun, env, spec.n_points, echo
                     )
             done = [slot for slot, r in running.items() if r.proc.poll() is not None]
             for slot in done:
-                _finish(running.pop(slot), len(rows), echo)
+                _finish(running.pop(slot), spec.n_points, echo)
                 write_csv()
             if not done:
                 time.sleep(_POLL_SECONDS)
@@ -439,10 +440,14 @@ def run_tuner(
     best = best_row(rows, monitor, mode)
     if best is not None:
         echo(f"best: {best['expid']} (valid AUC {_cell(best['valid_AUC'])})")
-        echo(
+        command = (
             "predict with it: python prediction.py --config "
             f"{shlex.quote(str(config_dir))} --expid {best['expid']} --gpu {gpus[0]}"
         )
+        run_dir = Path(best["run_dir"])
+        if run_dir.name != best["expid"]:  # reused: it finished under another grid number
+            command += f" --checkpoint {shlex.quote(str(run_dir / 'model.pt'))}"
+        echo(command)
     failed = [r["expid"] for r in rows if r["status"] == FAILED]
     if failed:
         echo(f"{len(failed)} failed: {', '.join(failed)} (see {log_dir})")

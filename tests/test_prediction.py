@@ -150,3 +150,14 @@ def test_the_config_as_loaded_now_decides_the_test_file(trained, tiny_data):
     )
     assert s["rows"] == 123 and s["test_data"] == str(subset)
     assert len(pd.read_csv(tmp / "subset" / "prediction.csv")) == 123
+
+
+def test_a_checkpoint_of_another_experiment_is_refused_by_name(trained, tiny_data, tmp_path):
+    tmp, cfg_dir, expid, _ = trained
+    other_dir, other = write_experiment(tmp_path / "other", tiny_data, expid="other_exp")
+    ckpt = tmp / "ckpt" / "tiny" / expid / "model.pt"
+    with pytest.raises(SubmissionError, match="holds expid 'tiny_exp'.*names expid 'other_exp'"):
+        predict_submission(other_dir, other, checkpoint=ckpt, out_dir=tmp_path, progress=False)
+    # a config folder without the expid: the checkpoint's own config, with a notice
+    s = predict_submission(other_dir, expid, checkpoint=ckpt, out_dir=tmp_path, progress=False)
+    assert s["rows"] == 500 and "does not load" in s["notices"][0]

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         allow_hash_mismatch=args.allow_hash_mismatch,
         progress=not args.no_progress,
     )
+    for note in s["notices"]:
+        print(f"notice: {note}")
     print(
         f"scored {s['rows']:,} test rows in {s['seconds']:.1f}s, mean prediction {s['mean_prediction']:.4f}"
     )

@@ -90,13 +90,21 @@ def predict_submission(
     """
     if column not in SUBMISSION_COLUMNS:
         raise SubmissionError(f"--column must be one of {list(SUBMISSION_COLUMNS)}, got {column!r}")
-    current = None
+    current, notices = None, []
     if config_dir is not None:
-        from mmctr.config import load_config
+        from mmctr.config import ConfigError, load_config
 
-        current = load_config(
-            config_dir, expid, overrides=overrides, allow_hash_mismatch=allow_hash_mismatch
-        )
+        try:
+            current = load_config(
+                config_dir, expid, overrides=overrides, allow_hash_mismatch=allow_hash_mismatch
+            )
+        except ConfigError as exc:
+            if checkpoint is None:
+                raise
+            notices.append(
+                f"the config of expid {expid!r} does not load ({str(exc).splitlines()[0]}); "
+                "scoring with the checkpoint's own config"
+            )
     if checkpoint is None:
         if current is None:
             raise SubmissionError("give a config folder, or the checkpoint to use")
@@ -109,6 +117,15 @@ def predict_submission(
     device = resolve_device(gpu)
     model, cfg, ckpt = ckpt_io.load_model(checkpoint, device)
     ds = cfg.dataset
+    if current is not None and (current.expid, current.dataset.dataset_id) != (
+        cfg.expid,
+        ds.dataset_id,
+    ):
+        raise SubmissionError(
+            f"{checkpoint} holds expid {cfg.expid!r} on dataset {ds.dataset_id!r}, but the "
+            f"config names expid {current.expid!r} on {current.dataset.dataset_id!r}: give "
+            "the checkpoint's own --expid (its test file and settings are read from there)"
+        )
     run = current or cfg  # what to score and how: the config as loaded now, if any
     test_path = str(test_data or run.dataset.test_data or "")
     if not test_path:
@@ -141,6 +158,7 @@ def predict_submission(
         "checkpoint": str(checkpoint),
         "test_data": test_path,
         "seconds": seconds,
+        "notices": notices,
     }
     if split.labels is not None and len(np.unique(split.labels)) == 2:
         summary["test_AUC"] = auc(split.labels, probs)

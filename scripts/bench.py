@@ -215,7 +215,9 @@ class StepRunner:
         self.graphed = None
         if cuda_graphs:  # the trainer's CUDA-graph step (training/graphs.py)
             configure_for_graphs(self.model, self.optimizer, True)
-            self.graphed = GraphedStep(self.train_step.whole, self.optimizer, device)
+            self.graphed = GraphedStep(
+                self.train_step.whole, self.optimizer, device, full_rows=t.batch_size
+            )
         self.model.train()
 
     def step(self, parts: dict[str, float] | None = None, batch: dict | None = None) -> int:

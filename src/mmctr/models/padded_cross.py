@@ -212,7 +212,9 @@ class _CrossSkippingZeros(torch.autograd.Function):
                     gu = g * xc0  # dL/d(W x + b)
                     gx0 += g * u  # x0's direct part
                     _add_outer_kept(grad_w[i], gu, xc, ranges, overwrite=covered and n == 0)
-                    grad_b[i].add_(_expand(gu.sum(0, keepdim=True), ranges, width)[0])
+                    gb = gu.sum(0)
+                    for a, b, p, q in _spans(ranges):  # the kept entries of the bias
+                        grad_b[i][a:b].add_(gb[p:q])
                     g = g + _matmul_kept_t(gu, weights[i], ranges)
                 gx0 += g  # x_0 is x0
                 grad_x0.index_copy_(0, rows, _expand(gx0.to(grad_x0.dtype), ranges, width))

@@ -403,6 +403,10 @@ class TargetAttention(nn.Module):
         self.use_softmax = use_softmax
         self.batch_stats = any(isinstance(m, nn.BatchNorm1d | Dice) for m in self.mlp.modules())
 
+    def _score(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The MLP's raw score of items ``h`` against targets ``t`` (same shape) -> (...)."""
+        return self.mlp(torch.cat([t, h, t - h, t * h], -1)).squeeze(-1)
+
     def forward(
         self, history: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
@@ -413,13 +417,11 @@ class TargetAttention(nn.Module):
             if len(rows) < 2:  # BatchNorm cannot train on one row: score every position
                 rows = cols = None
         if rows is not None:
-            h, tr = history[rows, cols], t[rows, cols]
-            real = self.mlp(torch.cat([tr, h, tr - h, tr * h], -1)).squeeze(-1)
+            real = self._score(t[rows, cols], history[rows, cols])
             scores = real.new_zeros(valid.shape).index_put((rows, cols), real)
-            scores = self.out_act(scores)
         else:
-            scores = self.out_act(self.mlp(torch.cat([t, history, t - history, t * history], -1)))
-            scores = scores.squeeze(-1)
+            scores = self._score(t, history)
+        scores = self.out_act(scores)
         if self.use_softmax:
             scores = scores.masked_fill(~valid, float("-inf"))
             scores = torch.softmax(scores, dim=-1).nan_to_num(0.0)

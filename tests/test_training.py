@@ -236,3 +236,23 @@ def test_resume_allows_moved_data_and_defaults_and_a_larger_patience(tmp_path, t
     )
     resumed = train(more, gpu=-1, resume=True, progress=False)
     assert resumed["epochs"] == 6 and len(resumed["history"]) > len(first["history"])
+
+
+def test_atomic_torch_save_never_leaves_a_half_written_checkpoint(tmp_path) -> None:
+    """A save that fails mid-stream (after tensors were written) keeps the previous file and
+    leaves no temp file; a good save replaces it."""
+    from mmctr.utils import atomic_torch_save
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom mid-write")
+
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"step": 1, "w": torch.ones(1000)}, path)
+    with pytest.raises(RuntimeError, match="boom mid-write"):
+        atomic_torch_save({"w": torch.zeros(100_000), "z": Unpicklable()}, path)
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    atomic_torch_save({"step": 2, "w": torch.arange(5.0)}, path)
+    loaded = torch.load(path)
+    assert loaded["step"] == 2 and torch.equal(loaded["w"], torch.arange(5.0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import random
@@ -54,12 +53,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save through a temp file + rename (a kill mid-write never corrupts ``path``)."""
+    """torch.save through a temp file + rename (a kill mid-write never corrupts ``path``).
+
+    Streams into the temp file: no in-memory copy of the checkpoint (``last.pt`` of the full
+    model is ~3 GB; ``python scripts/bench_checkpoint.py`` measures the peak).
+    """
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def atomic_write_parquet(table: Any, path: str | os.PathLike, **kwargs: Any) -> None:

@@ -772,3 +772,50 @@ def test_unknown_metrics_and_data_formats_fail_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"'data_format'.*must be 'parquet'"):
         load_config(d, EXPID, overrides=["data_format=csv"])
     assert load_config(d, EXPID, overrides=["metrics=[logloss, AUC, gAUC]"])
+
+
+def test_activation_names_and_dcn_structure_are_checked_at_load(tmp_path):
+    """A bad choice fails at load (and so under --check), naming the key and its source, before
+    a run folder is touched; FuxiCTR's torch.nn class names (``SiLU``) build as there."""
+    from torch import nn
+
+    from mmctr.models.layers import get_activation
+
+    d = write_config(tmp_path)
+    for key, bad in [("hidden_activations", "bogus"), ("hidden_activations", "silu")]:
+        with pytest.raises(
+            ConfigError, match=rf"'{key}' \(from --override\) must be an activation"
+        ):
+            load_config(d, EXPID, overrides=[f"{key}={bad}"])
+    for expid in ("DIN_MicroLens_1M_x1",):
+        with pytest.raises(ConfigError, match="'dnn_activations'.*got 'bogus'"):
+            load_config(d, expid, overrides=["dnn_activations=bogus"])
+        with pytest.raises(ConfigError, match="'attention_output_activation'"):
+            load_config(d, expid, overrides=["attention_output_activation=sigmod"])
+        cfg = load_config(d, expid, overrides=["attention_output_activation=linear"])
+        assert cfg.model.attention_output_activation == "linear"
+    cfg = load_config(d, EXPID, overrides=["hidden_activations=SiLU"])
+    assert isinstance(get_activation(cfg.model.hidden_activations), nn.SiLU)
+    assert isinstance(get_activation("ReLU"), nn.ReLU)  # the peers' spelling
+    for not_one in ("Module", "MultiheadAttention"):  # torch.nn names that are no activation
+        with pytest.raises(ValueError, match=f"unknown activation '{not_one}'"):
+            get_activation(not_one)
+
+    dcn = add_to_block(
+        tmp_path, "model: DCNv2\nmodel_structure: stacked_paralel", "DIN_MicroLens_1M_x1"
+    )
+    with pytest.raises(ConfigError, match="'model_structure'.*one of parallel, stacked"):
+        load_config(dcn, "DIN_MicroLens_1M_x1", overrides=["dnn_hidden_units=null"])
+
+
+def test_keys_that_would_do_nothing_are_named(tmp_path):
+    d = write_config(tmp_path)
+    with pytest.raises(ConfigError, match="'cross_num_experts' .* set cross_low_rank"):
+        load_config(d, EXPID, overrides=["cross_num_experts=4"])
+    cfg = load_config(d, EXPID, overrides=["cross_num_experts=4", "cross_low_rank=16"])
+    assert (cfg.model.cross_low_rank, cfg.model.cross_num_experts) == (16, 4)
+    cfg = load_config(d, "DIN_MicroLens_1M_x1", overrides=["hidden_activations=tanh"])
+    assert any(
+        "'hidden_activations' (from --override) has no effect on DIN" in n for n in cfg.notices
+    )
+    assert not any("hidden_activations" in n for n in load_config(d, EXPID).notices)

@@ -36,6 +36,8 @@ import yaml
 
 from mmctr.config.expid import TUNER_ID_RE, coerce_numbers, experiment_hash
 from mmctr.config.schema import (
+    ACTIVATIONS,
+    DCN_STRUCTURES,
     FEATURE_TYPES,
     IGNORED_KEYS,
     MODEL_SCHEMAS,
@@ -46,6 +48,7 @@ from mmctr.config.schema import (
     TrainerConfig,
     field_names,
     field_types,
+    is_activation,
     parse_regularizer,
 )
 
@@ -91,6 +94,10 @@ _NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
 _DROPOUT = (lambda v: 0 <= v < 1, "in [0, 1)")
 _UNITS = (lambda v: all(u >= 1 for u in v), "a list of sizes >= 1")
 _REGULARIZER_FORMS = "a finite non-negative number (L2), 'l1(x)', 'l2(x)' or 'l1_l2(x, y)'"
+_ACTIVATION = (
+    is_activation,
+    f"an activation: {', '.join(ACTIVATIONS)} (any case) or a torch.nn activation class name",
+)
 
 
 def _is_regularizer(value: Any) -> bool:
@@ -149,6 +156,14 @@ _RULES: dict[str, tuple[Any, str]] = {
     "attention_hidden_units": _UNITS,
     "stacked_dnn_hidden_units": _UNITS,
     "parallel_dnn_hidden_units": _UNITS,
+    "hidden_activations": _ACTIVATION,
+    "dnn_activations": _ACTIVATION,
+    "attention_hidden_activations": _ACTIVATION,
+    "attention_output_activation": (
+        lambda v: is_activation(v, identity_ok=True),
+        _ACTIVATION[1] + ", or none / linear",
+    ),
+    "model_structure": (lambda v: v in DCN_STRUCTURES, "one of " + ", ".join(DCN_STRUCTURES)),
 }
 
 
@@ -508,6 +523,7 @@ def build_config(
     monitor_problem = _check_monitor(resolved, where)
     if monitor_problem:
         problems.append(monitor_problem)
+    _check_model_keys(model_name, resolved, where, problems, notices)
 
     features: list[FeatureSpec] = []
     if "feature_cols" not in params:
@@ -674,6 +690,32 @@ def _check_monitor(params: dict[str, Any], where: Any) -> str | None:
         f"monitor (from {where('monitor')}) uses {', '.join(map(repr, missing))}, which "
         f"metrics {metrics} does not compute; add it to metrics or monitor one of them"
     )
+
+
+def _check_model_keys(
+    model: Any, params: dict[str, Any], where: Any, problems: list[str], notices: list[str]
+) -> None:
+    """Keys that would be accepted and then do nothing (PEERS: swallowed keys)."""
+    if model in ("DIN", "DCNv2") and "hidden_activations" in params:
+        used = (
+            "dnn_activations, attention_hidden_activations" if model == "DIN" else "dnn_activations"
+        )
+        notices.append(
+            f"'hidden_activations' (from {where('hidden_activations')}) has no effect on "
+            f"{model}: its MLPs use {used}"
+        )
+    experts = params.get("cross_num_experts")
+    if (
+        model == "Transformer_DCN"
+        and isinstance(experts, int)
+        and experts > 1
+        and params.get("cross_low_rank") is None
+    ):
+        problems.append(
+            f"'cross_num_experts' (from {where('cross_num_experts')}) is {experts}, but "
+            "experts exist only in the low-rank cross network: set cross_low_rank (e.g. 64) "
+            "or drop cross_num_experts"
+        )
 
 
 def _parse_features(

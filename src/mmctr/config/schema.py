@@ -22,6 +22,41 @@ from typing import Any
 
 FEATURE_TYPES = ("meta", "categorical", "sequence", "embedding", "numeric")
 
+#: Activation names mmctr builds itself (case-insensitive; models.layers.get_activation). As in
+#: FuxiCTR, any other name of a ``torch.nn`` activation class ("SiLU", "ELU", ...) works too.
+ACTIVATIONS = ("relu", "prelu", "leaky_relu", "leakyrelu", "sigmoid", "tanh", "gelu", "dice")
+#: names meaning "no activation" (an output activation only)
+IDENTITY_ACTIVATIONS = ("none", "linear", "identity")
+#: DCNv2 ``model_structure`` values (FuxiCTR's)
+DCN_STRUCTURES = ("parallel", "stacked", "crossnet_only", "stacked_parallel")
+
+
+def torch_activation_class(name: str) -> type | None:
+    """The ``torch.nn`` activation class called ``name`` (exact case, as FuxiCTR looks it up),
+    or None. Imports torch only for names outside :data:`ACTIVATIONS`."""
+    import inspect
+
+    import torch.nn as nn
+
+    cls = getattr(nn.modules.activation, name, None)
+    if not (isinstance(cls, type) and cls.__module__ == nn.modules.activation.__name__):
+        return None  # also the names that module merely imports (Module, Parameter, ...)
+    required = [  # MultiheadAttention is no activation: it needs arguments
+        p
+        for p in list(inspect.signature(cls).parameters.values())
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    return None if required else cls
+
+
+def is_activation(name: Any, identity_ok: bool = False) -> bool:
+    """True for a name :func:`mmctr.models.layers.get_activation` builds."""
+    if not isinstance(name, str):
+        return False
+    if name.lower() in ACTIVATIONS or (identity_ok and name.lower() in IDENTITY_ACTIVATIONS):
+        return True
+    return torch_activation_class(name) is not None
+
 
 @dataclass(frozen=True)
 class FeatureSpec:

@@ -11,20 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmctr.config.schema import DatasetConfig, DCNv2Config
+from mmctr.config.schema import DCN_STRUCTURES, DatasetConfig, DCNv2Config
 from mmctr.data.dataset import ItemTable
 from mmctr.models.base import CTRModel
 from mmctr.models.layers import MLP, CrossNetV2, masked_mean
-
-STRUCTURES = ("parallel", "stacked", "crossnet_only", "stacked_parallel")
 
 
 class DCNv2(CTRModel):
     def __init__(self, cfg: DCNv2Config, dataset: DatasetConfig, items: ItemTable) -> None:
         super().__init__(cfg, dataset, items)
-        if cfg.model_structure not in STRUCTURES:
+        if cfg.model_structure not in DCN_STRUCTURES:
             raise ValueError(
-                f"model_structure must be one of {STRUCTURES}, got {cfg.model_structure!r}"
+                f"model_structure must be one of {DCN_STRUCTURES}, got {cfg.model_structure!r}"
             )
         item_dim = self.item_encoder.out_dim
         width = self.side_encoder.out_dim + 2 * item_dim

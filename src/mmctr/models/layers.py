@@ -12,15 +12,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmctr.config.schema import DatasetConfig, FeatureSpec
+from mmctr.config.schema import (
+    IDENTITY_ACTIVATIONS,
+    DatasetConfig,
+    FeatureSpec,
+    torch_activation_class,
+)
 from mmctr.data.dataset import TARGET_COL, ItemTable
 from mmctr.models.padded_cross import cross_skipping_zeros
 
 
 def get_activation(name: str | None, dim: int | None = None) -> nn.Module:
     """FuxiCTR activation names (case-insensitive): relu, prelu, leaky_relu, sigmoid, tanh, gelu,
-    dice, or None / 'linear' for identity."""
-    if name is None or str(name).lower() in ("none", "linear", "identity"):
+    dice; None / 'linear' for identity; else a ``torch.nn`` activation class by its exact name
+    ("SiLU", "ELU"), as FuxiCTR looks it up. The config loader accepts the same names."""
+    if name is None or str(name).lower() in IDENTITY_ACTIVATIONS:
         return nn.Identity()
     key = str(name).lower()
     if key == "relu":
@@ -39,7 +45,10 @@ def get_activation(name: str | None, dim: int | None = None) -> nn.Module:
         if dim is None:
             raise ValueError("Dice needs the layer width")
         return Dice(dim)
-    raise ValueError(f"unknown activation {name!r}")
+    cls = torch_activation_class(str(name))
+    if cls is None:
+        raise ValueError(f"unknown activation {name!r}")
+    return cls()
 
 
 class Dice(nn.Module):

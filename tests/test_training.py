@@ -256,3 +256,31 @@ def test_atomic_torch_save_never_leaves_a_half_written_checkpoint(tmp_path) -> N
     atomic_torch_save({"step": 2, "w": torch.arange(5.0)}, path)
     loaded = torch.load(path)
     assert loaded["step"] == 2 and torch.equal(loaded["w"], torch.arange(5.0))
+
+
+def test_a_config_the_model_refuses_fails_under_check_and_leaves_a_finished_run_alone(
+    tmp_path, tiny_data, capsys
+):
+    """num_heads that does not divide the token width is a one-line user error under --check
+    and in training, where it must not overwrite the finished run's config.yaml."""
+    from mmctr.cli.common import run_cli
+    from mmctr.cli.run_expid import main
+    from mmctr.config import ConfigError
+
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=1)
+    run = tmp_path / "ckpt" / "tiny" / expid
+    train(load_config(cfg_dir, expid), gpu=-1, progress=False)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="cannot be built from this config: num_heads=5"):
+        train(load_config(cfg_dir, expid, ["num_heads=5"]), gpu=-1, progress=False)
+    assert (run / "config.yaml").read_text() == before
+
+    args = ["--config", str(cfg_dir), "--expid", expid, "--check"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main([*args, "--override", "num_heads=5"]))
+    assert exit_info.value.code == 2
+    assert "error: model Transformer_DCN cannot be built" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(args))
+    assert exit_info.value.code == 0
+    assert "its data files and model are valid" in capsys.readouterr().out

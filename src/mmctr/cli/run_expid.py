@@ -1,8 +1,8 @@
 """``python run_expid.py --config DIR --expid ID --gpu N [--override k=v ...] [--resume] [--check]``
 
 Train one experiment of a FuxiCTR-style config folder. ``--gpu -1`` is the CPU; a GPU that is
-not there is an error, never a silent fall-back. ``--check`` validates the config and its data
-files without training. Under ``torchrun --nproc_per_node=N run_expid.py ...`` it trains with
+not there is an error, never a silent fall-back. ``--check`` validates the config, its data
+files and the model's sizes without training. Under ``torchrun --nproc_per_node=N run_expid.py ...`` it trains with
 DistributedDataParallel (``--gpu`` >= 0 selects CUDA, each rank on its LOCAL_RANK device).
 """
 
@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_expid.py", description=__doc__.split("\n\n")[1])
     add_experiment_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
-    p.add_argument("--check", action="store_true", help="validate config and data, do not train")
+    p.add_argument(
+        "--check", action="store_true", help="validate config, data and model; do not train"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
 
@@ -38,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         from mmctr.data.contract import validate_dataset
 
         validate_dataset(cfg.dataset, group_col=cfg.group_col)
-        print(f"ok: config {args.config} expid {cfg.expid} and its data files are valid")
+        import torch
+
+        from mmctr.data.dataset import read_item_table
+        from mmctr.models import build_model
+
+        items = read_item_table(cfg.dataset.item_info, cfg.dataset)
+        with torch.device("meta"):  # the layers check their sizes; no memory, no weights
+            build_model(cfg.model, cfg.dataset, items)
+        print(f"ok: config {args.config} expid {cfg.expid}, its data files and model are valid")
         return 0
     from mmctr.training.trainer import train
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mmctr.config.loader import ConfigError
 from mmctr.config.schema import DatasetConfig, ModelBase
 from mmctr.data.dataset import ItemTable
 from mmctr.models.base import CTRModel
@@ -17,12 +18,18 @@ MODELS: dict[str, type[CTRModel]] = {
 
 
 def build_model(cfg: ModelBase, dataset: DatasetConfig, items: ItemTable) -> CTRModel:
-    """The model named by ``cfg.model``, built for ``dataset`` and its item tables."""
+    """The model named by ``cfg.model``, built for ``dataset`` and its item tables.
+
+    A value the layers refuse (``num_heads`` that does not divide the token width, ...) is a
+    :class:`ConfigError`: the user's to fix. Under ``torch.device("meta")`` this costs no
+    memory, which is how ``run_expid.py --check`` tries it.
+    """
+    if cfg.model not in MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; known models: {sorted(MODELS)}")
     try:
-        cls = MODELS[cfg.model]
-    except KeyError:
-        raise ValueError(f"unknown model {cfg.model!r}; known models: {sorted(MODELS)}") from None
-    return cls(cfg, dataset, items)
+        return MODELS[cfg.model](cfg, dataset, items)
+    except ValueError as exc:
+        raise ConfigError(f"model {cfg.model} cannot be built from this config: {exc}") from exc
 
 
 __all__ = ["CTRModel", "MODELS", "build_model", "TransformerDCN", "DIN", "DCNv2"]

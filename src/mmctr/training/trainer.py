@@ -310,8 +310,6 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             raise FileNotFoundError(f"--resume: no {last_path} to resume from")
         saved = ckpt_io.load_checkpoint(last_path)
         _check_resumed_config(saved.get("config") or {}, cfg_dict, last_path)
-    if main:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     seed_everything(t.seed + dist.rank)
 
     # ---- data -------------------------------------------------------------------------
@@ -359,6 +357,8 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
 
     # ---- model and optimizer -----------------------------------------------------------
     model = build_model(cfg.model, ds, items).to(device)
+    if main:  # only now: a config the data or the model refuses leaves the run folder alone
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: %s trainable parameters", f"{n_params:,}")
     net_model: nn.Module = model

@@ -153,11 +153,90 @@ def test_the_config_as_loaded_now_decides_the_test_file(trained, tiny_data):
 
 
 def test_a_checkpoint_of_another_experiment_is_refused_by_name(trained, tiny_data, tmp_path):
+    from mmctr.config import ConfigError
+
     tmp, cfg_dir, expid, _ = trained
     other_dir, other = write_experiment(tmp_path / "other", tiny_data, expid="other_exp")
     ckpt = tmp / "ckpt" / "tiny" / expid / "model.pt"
-    with pytest.raises(SubmissionError, match="holds expid 'tiny_exp'.*names expid 'other_exp'"):
-        predict_submission(other_dir, other, checkpoint=ckpt, out_dir=tmp_path, progress=False)
-    # a config folder without the expid: the checkpoint's own config, with a notice
-    s = predict_submission(other_dir, expid, checkpoint=ckpt, out_dir=tmp_path, progress=False)
-    assert s["rows"] == 500 and "does not load" in s["notices"][0]
+    kw = dict(checkpoint=ckpt, out_dir=tmp_path / "sub", progress=False)
+    with pytest.raises(SubmissionError, match="holds expid 'tiny_exp'.*names 'other_exp'"):
+        predict_submission(other_dir, other, **kw)
+    # a config folder without the expid (a typo): the config's error, never a silent fall-back
+    with pytest.raises(ConfigError, match="tiny_exp"):
+        predict_submission(other_dir, expid, **kw)
+    # so is an override the checkpoint's own config would drop
+    with pytest.raises(ConfigError, match="test_daat"):
+        predict_submission(cfg_dir, expid, overrides=["test_daat=x.parquet"], **kw)
+    # no config folder at all: the checkpoint's own config, with a notice; the expid still counts
+    gone = tmp_path / "no_such_config"
+    with pytest.raises(SubmissionError, match="names 'tiny_typo'"):
+        predict_submission(gone, "tiny_typo", **kw)
+    with pytest.raises(ConfigError):
+        predict_submission(gone, expid, overrides=[f"test_data={tiny_data}/test.parquet"], **kw)
+    s = predict_submission(gone, expid, **kw)
+    assert s["rows"] == 500 and "does not exist" in s["notices"][0]
+    assert not any(p.name.startswith(".") for p in (tmp_path / "sub").iterdir())
+
+
+def _predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "prediction.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_prediction_cli_user_errors_are_one_line_and_write_nothing(trained, tmp_path):
+    """A resume checkpoint, a file that is no checkpoint, a bad --batch-size and an --out that
+    is a file: each an ``error:`` line with exit 2, no traceback, nothing written."""
+    tmp, cfg_dir, expid, _ = trained
+    run = tmp / "ckpt" / "tiny" / expid
+    junk = tmp_path / "junk.pt"
+    junk.write_text("garbage\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    base = ["--config", str(cfg_dir), "--expid", expid, "--no-progress"]
+    out = ["--out", str(tmp_path / "sub")]
+    cases = [
+        ([*base, *out, "--checkpoint", str(run / "last.pt")], "last.pt is for --resume"),
+        ([*base, *out, "--checkpoint", str(junk)], "is not a readable torch checkpoint"),
+        ([*base, *out, "--batch-size", "-1"], "expected an integer >= 1"),
+        ([*base, "--out", str(a_file)], "is a file, not a folder"),
+    ]
+    for args, expected in cases:
+        proc = _predict_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and expected in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "junk.pt"]
+    assert a_file.read_text() == "keep"
+
+
+def test_the_csv_and_zip_are_replaced_together_or_not_at_all(trained, tmp_path, monkeypatch):
+    from mmctr.prediction import submission
+
+    tmp, cfg_dir, expid, _ = trained
+    out = tmp_path / "sub"
+    (out / f"{expid}.zip").mkdir(parents=True)  # the zip cannot be written
+    (out / "prediction.csv").write_text("old\n")
+    with pytest.raises(SubmissionError, match="a folder of that name is in the way"):
+        predict_submission(cfg_dir, expid, out_dir=out, progress=False)  # refused up front
+    # the same failure at the last moment, past the checks: the CSV is still the old one
+    paths = (out / "prediction.csv", out / f"{expid}.zip")
+    monkeypatch.setattr(submission, "_output_paths", lambda out_dir, expid: paths)
+    with pytest.raises(IsADirectoryError):
+        write_submission(np.array([0.5, 0.25]), out, expid, n_rows=2)
+    assert (out / "prediction.csv").read_text() == "old\n"
+    assert sorted(p.name for p in out.iterdir()) == ["prediction.csv", f"{expid}.zip"]
+
+
+def test_an_empty_test_file_or_a_row_count_mismatch_is_refused(trained, tiny_data, tmp_path):
+    tmp, cfg_dir, expid, _ = trained
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(tiny_data / "test.parquet").slice(0, 0), empty)
+    with pytest.raises(SubmissionError, match="has no rows"):
+        predict_submission(cfg_dir, expid, test_data=empty, out_dir=tmp_path / "s", progress=False)
+    with pytest.raises(SubmissionError, match="2 predictions for 3 test rows"):
+        write_submission(np.array([0.1, 0.2]), tmp_path / "s", "x", n_rows=3)
+    assert not (tmp_path / "s").exists()

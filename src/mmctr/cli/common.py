@@ -66,6 +66,17 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def load_experiment(args: argparse.Namespace) -> ExperimentConfig:
     """``load_config`` from the arguments of :func:`add_experiment_args`."""
     from mmctr.config.loader import load_config
@@ -85,6 +96,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     for module, name in (
         ("mmctr.data.contract", "DataContractError"),
         ("mmctr.training.trainer", "MonitorNotFinite"),
+        ("mmctr.training.checkpoint", "CheckpointError"),
+        ("mmctr.prediction.submission", "SubmissionError"),
     ):
         kind = getattr(sys.modules.get(module), name, None)
         if isinstance(kind, type) and issubclass(kind, BaseException):

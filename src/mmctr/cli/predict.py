@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmctr.cli.common import add_experiment_args, run_cli
+from mmctr.cli.common import add_experiment_args, positive_int, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-data", default=None, help="test parquet (default: the config's test_data)"
     )
     p.add_argument("--checkpoint", default=None, help="model.pt to use (default: the run folder's)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="rows per scoring batch (default: max(batch_size, 4096))",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -21,7 +21,7 @@ from mmctr.data.dataset import read_split
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.metrics import auc
 from mmctr.training.trainer import predict_probs, run_dir_of, use_bf16
-from mmctr.utils import atomic_open, atomic_write_bytes, resolve_device
+from mmctr.utils import atomic_open, resolve_device
 
 SUBMISSION_COLUMNS = ("Task1", "Task2", "Task1&2")
 
@@ -30,12 +30,10 @@ class SubmissionError(ValueError):
     """The predictions failed a check; nothing was written."""
 
 
-def _check(ids: np.ndarray, probs: np.ndarray, n_rows: int) -> None:
+def _check(probs: np.ndarray, n_rows: int) -> None:
     problems = []
     if len(probs) != n_rows:
         problems.append(f"{len(probs)} predictions for {n_rows} test rows")
-    if not np.array_equal(ids, np.arange(n_rows)):
-        problems.append("IDs are not exactly 0..N-1 in order")
     bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1)
     if bad.any():
         problems.append(
@@ -45,24 +43,49 @@ def _check(ids: np.ndarray, probs: np.ndarray, n_rows: int) -> None:
         raise SubmissionError("submission check failed: " + "; ".join(problems))
 
 
+def _output_paths(out_dir: str | Path, expid: str) -> tuple[Path, Path]:
+    """``prediction.csv`` and ``<expid>.zip`` in ``out_dir``; refused before any scoring when
+    they cannot be written there (a file where the folder should be, a folder at a file's path)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SubmissionError(f"--out {out_dir} is a file, not a folder")
+    paths = out_dir / "prediction.csv", out_dir / f"{expid}.zip"
+    for path in paths:
+        if path.is_dir():
+            raise SubmissionError(f"cannot write {path}: a folder of that name is in the way")
+    return paths
+
+
 def write_submission(
-    probs: np.ndarray, out_dir: str | Path, expid: str, column: str = "Task2"
+    probs: np.ndarray,
+    out_dir: str | Path,
+    expid: str,
+    column: str = "Task2",
+    n_rows: int | None = None,
 ) -> tuple[Path, Path]:
-    """Validate and write ``prediction.csv`` and ``<expid>.zip`` (temp file, then rename)."""
+    """Validate and write ``prediction.csv`` and ``<expid>.zip``.
+
+    ``n_rows``: the test file's row count, which must equal the number of predictions. IDs are
+    0..N-1 in the order of ``probs``. Both files go to temp files first; the zip is renamed into
+    place, then the CSV: a failure before that leaves the previous pair untouched.
+    """
     if column not in SUBMISSION_COLUMNS:
         raise SubmissionError(f"--column must be one of {list(SUBMISSION_COLUMNS)}, got {column!r}")
     probs = np.asarray(probs, dtype=np.float64)
+    _check(probs, len(probs) if n_rows is None else n_rows)
+    csv_path, zip_path = _output_paths(out_dir, expid)
     ids = np.arange(len(probs))
-    _check(ids, probs, len(probs))
     buf = io.StringIO()
     buf.write(f"ID,{column}\n")
     np.savetxt(buf, np.column_stack([ids, probs]), fmt=["%d", "%.8f"], delimiter=",")
     text = buf.getvalue().encode("utf-8")
-    out_dir = Path(out_dir)
-    csv_path, zip_path = out_dir / "prediction.csv", out_dir / f"{expid}.zip"
-    atomic_write_bytes(csv_path, text)
-    with atomic_open(zip_path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("prediction.csv", text)
+    with atomic_open(csv_path, "wb") as csv_fh:
+        csv_fh.write(text)
+        with (
+            atomic_open(zip_path, "wb") as fh,
+            zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf,
+        ):
+            zf.writestr("prediction.csv", text)
     return csv_path, zip_path
 
 
@@ -98,12 +121,14 @@ def predict_submission(
             current = load_config(
                 config_dir, expid, overrides=overrides, allow_hash_mismatch=allow_hash_mismatch
             )
-        except ConfigError as exc:
-            if checkpoint is None:
+        except ConfigError:
+            # Only a config folder that is not there at all falls back to the checkpoint's own
+            # config: a typo in --expid, an --override or a hash mismatch must not be dropped.
+            if checkpoint is None or Path(config_dir).exists() or overrides:
                 raise
             notices.append(
-                f"the config of expid {expid!r} does not load ({str(exc).splitlines()[0]}); "
-                "scoring with the checkpoint's own config"
+                f"config folder {str(config_dir)!r} does not exist; scoring with the "
+                "checkpoint's own config"
             )
     if checkpoint is None:
         if current is None:
@@ -114,17 +139,16 @@ def predict_submission(
                 f"no trained model for expid {expid!r}: {checkpoint} does not exist "
                 f"(train it first: python run_expid.py --config {config_dir} --expid {expid})"
             )
+    _output_paths(out_dir, expid)  # a bad --out fails now, not after the scoring
     device = resolve_device(gpu)
     model, cfg, ckpt = ckpt_io.load_model(checkpoint, device)
     ds = cfg.dataset
-    if current is not None and (current.expid, current.dataset.dataset_id) != (
-        cfg.expid,
-        ds.dataset_id,
-    ):
+    named = (expid, current.dataset.dataset_id if current else ds.dataset_id)
+    if named != (cfg.expid, ds.dataset_id):
         raise SubmissionError(
-            f"{checkpoint} holds expid {cfg.expid!r} on dataset {ds.dataset_id!r}, but the "
-            f"config names expid {current.expid!r} on {current.dataset.dataset_id!r}: give "
-            "the checkpoint's own --expid (its test file and settings are read from there)"
+            f"{checkpoint} holds expid {cfg.expid!r} on dataset {ds.dataset_id!r}, but "
+            f"--expid names {named[0]!r} on {named[1]!r}: give the checkpoint's own --expid "
+            "(its test file and settings are read from there)"
         )
     run = current or cfg  # what to score and how: the config as loaded now, if any
     test_path = str(test_data or run.dataset.test_data or "")
@@ -140,6 +164,8 @@ def predict_submission(
         max_len=cfg.trainer.max_len,
         require_label=False,
     )
+    if split.n_rows == 0:
+        raise SubmissionError(f"test file {test_path} has no rows: nothing to submit")
     bf16 = use_bf16(run.trainer.bf16, device)
     loader = BatchLoader(
         split,
@@ -149,7 +175,7 @@ def predict_submission(
     )
     probs = predict_probs(model, loader, bf16=bf16, progress=progress, desc="scoring test")
     seconds = time.perf_counter() - t0
-    csv_path, zip_path = write_submission(probs, out_dir, cfg.expid, column)
+    csv_path, zip_path = write_submission(probs, out_dir, cfg.expid, column, n_rows=split.n_rows)
     summary: dict[str, Any] = {
         "rows": int(split.n_rows),
         "mean_prediction": float(probs.mean()) if len(probs) else float("nan"),

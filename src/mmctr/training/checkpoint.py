@@ -97,11 +97,23 @@ def save_last(
     )
 
 
+class CheckpointError(ValueError):
+    """A file that is not the checkpoint asked for (unreadable, or another kind)."""
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle, zip and torch's own errors: all mean "not a checkpoint"
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise CheckpointError(f"{path} is not an mmctr checkpoint (no 'format' entry)")
+    return ckpt
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"):
@@ -110,8 +122,15 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
     from mmctr.models import build_model
 
     ckpt = load_checkpoint(path)
-    if ckpt.get("format") != "mmctr.model/1":
-        raise ValueError(f"{path} is not an mmctr model checkpoint (format {ckpt.get('format')!r})")
+    if ckpt["format"] != "mmctr.model/1":
+        hint = (
+            ": last.pt is for --resume; the best weights are model.pt in the same folder"
+            if ckpt["format"] == "mmctr.last/1"
+            else ""
+        )
+        raise CheckpointError(
+            f"{path} is not an mmctr model checkpoint (format {ckpt['format']!r}){hint}"
+        )
     cfg = ExperimentConfig.from_dict(ckpt["config"])
     model = build_model(cfg.model, cfg.dataset, empty_item_table(ckpt["item_tables"]))
     model.load_state_dict(ckpt["model_state"])

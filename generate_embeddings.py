@@ -8,12 +8,16 @@
 cache) or a folder written by save_pretrained. Every visible GPU is used (DataParallel splits
 each batch; --gpu 0 1 picks GPUs, --gpu -1 the CPU). Across processes or machines:
 torchrun --nproc_per_node=4 generate_embeddings.py ... (each rank encodes every 4th shard;
---cache-dir must be shared; rank 0 fits the PCA and writes). Raw features are cached per
-shard, so a rerun only encodes what is missing (--force: everything). Next to the output go
-<stem>.status.csv (ok / missing / corrupt / padding per item) and <stem>.pca.npz (the PCA).
+--cache-dir must be shared, the image folder may be a copy per node; rank 0 fits the PCA,
+writes and reports every rank's counts). Raw features are cached per shard and checked per
+item, so a rerun only encodes missing, new and changed items (--force: everything). Next to
+the output go <stem>.pca.npz (the PCA) and <stem>.status.csv (ok / missing / corrupt /
+padding per item), then the output itself: written last, it commits the run.
 
-New items later: rerun with --pca <stem>.pca.npz. The saved PCA projects every item, so the
-items embedded before keep their vectors bit for bit (a trained model still fits them).
+New items later: rerun with --pca <stem>.pca.npz. The saved PCA projects every item, and the
+unchanged items' cached features are reused, so the items embedded before keep their vectors
+bit for bit (a trained model still fits them). The PCA file records a digest of the model's
+content (config, image processor, vision weights); --model must match it.
 Without --pca a new PCA is fit on the current items and every vector changes; a different
 <stem>.pca.npz already there is then kept as <stem>.pca.prev.npz (one generation).
 """
@@ -41,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="PATH", help="output parquet (default: --item-info, in place)")
     p.add_argument(
-        "--column", default="item_emb_d128", help="embedding column to write (default: %(default)s)"
+        "--column",
+        default="item_emb_d128",
+        help="embedding column to write (default: %(default)s); an existing one must hold "
+        "lists of floats",
     )
     p.add_argument(
         "--dim", type=int, default=None, help="PCA output width (default: 128, or the --pca width)"
@@ -51,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="project with this saved PCA (<stem>.pca.npz of an earlier run) instead of "
         "fitting a new one: items embedded before keep their vectors exactly. Its feature "
-        "width and model must match --model",
+        "width and model (compared by content) must match --model",
     )
     p.add_argument(
         "--batch-size",
@@ -118,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     if s["role"] != "main":
         return 0
     counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+    check = s["contract_check"]
+    if s["warnings"]:
+        check += f", {len(s['warnings'])} warning(s): " + "; ".join(s["warnings"])
     print(
-        f"wrote {s['column']} ({s['dim']}-d, list<float32>; output check: "
-        f"{s['contract_check']}) for {s['n_items']} items: {s['out']}"
+        f"wrote {s['column']} ({s['dim']}-d, list<float32>; output check: {check}) for "
+        f"{s['n_items']} items: {s['out']}"
     )
     print(f"status ({counts}): {s['status_file']}")
     how = "fit here" if s["pca_source"] == "fit" else f"from --pca {s['pca_source']}"
@@ -133,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             f"the PCA changed (every vector moved); the previous one is kept: "
             f"{s['pca_previous']} (rerun with --pca {s['pca_previous']} to keep the old vectors)"
         )
+    ranks = f" on {s['world_size']} ranks" if s["world_size"] > 1 else ""
+    reused = f", {s['items_reused']} unchanged item(s) kept" if s["items_reused"] else ""
     print(
-        f"raw features: {s['cache_dir']} ({len(s['shards_computed'])} shard(s) encoded, "
-        f"{len(s['shards_reused'])} reused; {s['images_per_s']:.1f} images/s)"
+        f"raw features: {s['cache_dir']} ({len(s['shards_computed'])} shard(s) written, "
+        f"{len(s['shards_reused'])} reused{reused}; {s['images_encoded']} images encoded{ranks} "
+        f"in {s['encode_seconds']:.1f} s, {s['images_per_s']:.1f} images/s)"
     )
     return 0
 

@@ -548,6 +548,9 @@ def _rank_main(rank: int, port: int, kwargs: dict, queue) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+    kwargs = dict(kwargs)
+    if "image_dirs" in kwargs:  # one image folder per node
+        kwargs["image_dir"] = kwargs.pop("image_dirs")[rank]
     try:
         queue.put((rank, generate_embeddings(**kwargs)))
     except BaseException as exc:
@@ -578,8 +581,13 @@ def test_torchrun_ranks_share_the_work_and_match_one_process(tiny_clip, tmp_path
         p.join(timeout=30)
     assert [p.exitcode for p in procs] == [0, 0], results
     assert results[1]["role"] == "worker" and results[1]["out"] is None
-    assert results[1]["shards_computed"] == [1]
-    assert results[0]["role"] == "main" and results[0]["shards_computed"] == [0, 2]
+    assert results[1]["shards_computed"] == [1] and results[1]["images_encoded"] == 16
+    assert results[0]["role"] == "main"
+    # rank 0 reports the run: every rank's shards and images (it encoded 0 and 2 itself)
+    assert results[0]["shards_computed"] == [0, 1, 2] and results[0]["shards_reused"] == []
+    assert results[0]["images_encoded"] == single["images_encoded"] == 35
+    assert [r["shards_computed"] for r in results[0]["per_rank"]] == [[0, 2], [1]]
+    assert results[0]["images_per_s"] > 0
     assert results[0]["counts"] == single["counts"]
     np.testing.assert_allclose(_vectors(out), _vectors(tmp_path / "single.parquet"), atol=1e-5)
 
@@ -660,3 +668,180 @@ def test_split_processor_falls_back_when_it_cannot_reproduce_the_processor(tiny_
     assert norm is None and "differs" in why
     norm, why = split_processor(object())
     assert norm is None and "no rescale" in why
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.timeout(90)
+def test_pca_keeps_old_vectors_when_new_items_join_a_cached_shard(tiny_clip, tmp_path):
+    """43 items, shards of 16, batches of 8: the last shard (32..42) ends in a batch of 3.
+    17 new items make that shard stale; its old items must come from the cache (their files
+    did not change), not be re-encoded in other batches (which moves their last bits)."""
+    info, images = make_items(tmp_path, n=60)
+    full = pq.read_table(info)
+    pq.write_table(full.slice(0, 43), info)
+    kw = dict(model=str(tiny_clip), shard_size=16, batch_size=8, num_workers=0, progress=False)
+    s1 = generate_embeddings(info, images, dim=DIM, **kw)
+    old = _vectors(info)
+    raw_before, _ = _cached_raw(Path(s1["cache_dir"]), 3)
+
+    pq.write_table(full, info)  # 17 new items: shard 2 gains 5, shard 3 is new
+    s2 = generate_embeddings(info, images, pca=s1["pca_file"], **kw)
+    assert np.array_equal(_vectors(info)[:43], old)  # bit for bit
+    raw_after, _ = _cached_raw(Path(s1["cache_dir"]), 4)
+    assert np.array_equal(raw_after[:43], raw_before)
+    assert s2["shards_computed"] == [2, 3] and s2["shards_reused"] == [0, 1]
+    assert s2["items_reused"] == 11  # shard 2's old items 32..42
+    assert s2["images_encoded"] == 17  # items 43..59 (all ok), nothing else
+
+    # an edited image is re-encoded alone; the rest of its shard comes from the cache
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(images / "33.jpg")
+    s3 = generate_embeddings(info, images, pca=s1["pca_file"], **kw)
+    assert s3["shards_computed"] == [2] and s3["images_encoded"] == 1
+    assert s3["items_reused"] == 15
+    v3 = _vectors(info)
+    assert np.flatnonzero((v3[:43] != old).any(axis=1)).tolist() == [33]
+    # --force re-encodes everything
+    s4 = generate_embeddings(info, images, pca=s1["pca_file"], force=True, **kw)
+    assert s4["images_encoded"] == 55 and s4["items_reused"] == 0
+    # items removed: the shortened shard is rewritten from the cache alone
+    pq.write_table(full.slice(0, 40), info)
+    s5 = generate_embeddings(info, images, pca=s1["pca_file"], **kw)
+    assert s5["shards_computed"] == [2] and s5["shards_reused"] == [0, 1]
+    assert s5["images_encoded"] == 0 and s5["items_reused"] == 8
+
+
+@pytest.mark.timeout(60)
+def test_outputs_are_committed_with_the_parquet_last(tiny_clip, tmp_path, monkeypatch):
+    """A run killed while saving the PCA (or the status table) must leave the parquet as it
+    was: the parquet is written last, so its vectors always match a saved PCA."""
+    info, images = make_items(tmp_path)
+    kw = dict(model=str(tiny_clip), shard_size=16, num_workers=0, progress=False)
+    generate_embeddings(info, images, dim=DIM, **kw)
+    status_path, pca_path = output_paths(info)
+    before = {p: p.read_bytes() for p in (info, status_path, pca_path)}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while saving the PCA")
+
+    monkeypatch.setattr(pipeline_mod, "save_pca", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate_embeddings(info, images, dim=4, **kw)  # a new PCA: every vector would move
+    assert info.read_bytes() == before[info]
+    assert status_path.read_bytes() == before[status_path]
+    monkeypatch.undo()
+
+    monkeypatch.setattr(pipeline_mod, "_status_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate_embeddings(info, images, dim=4, **kw)
+    assert info.read_bytes() == before[info]  # the PCA is new, the parquet still the old one
+    prev = pca_path.with_name("item_info.pca.prev.npz")
+    assert prev.read_bytes() == before[pca_path]  # ... and the PCA that made it is kept
+
+
+@pytest.mark.timeout(60)
+def test_pca_model_check_compares_model_content_not_folder_names(tiny_clip, tmp_path):
+    import shutil
+
+    a = build_random_clip(tmp_path / "a" / "clip", arch="tiny", seed=0)
+    b = build_random_clip(tmp_path / "b" / "clip", arch="tiny", seed=1)  # same name, other model
+    c = shutil.copytree(a, tmp_path / "c" / "renamed")  # the same model, another name
+    info, images = make_items(tmp_path / "data", n=20)
+    kw = dict(num_workers=0, progress=False, out=tmp_path / "data" / "o.parquet")
+    s = generate_embeddings(info, images, model=str(a), dim=DIM, **kw)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoding started")
+
+    pipeline_mod._encode, real = no_encoding, pipeline_mod._encode
+    try:
+        with pytest.raises(EmbeddingError, match=r"fit on the features of model .*a/clip"):
+            generate_embeddings(info, images, model=str(b), pca=s["pca_file"], **kw)
+        with pytest.raises(AssertionError, match="encoding started"):  # accepted
+            generate_embeddings(info, images, model=str(c), pca=s["pca_file"], **kw)
+    finally:
+        pipeline_mod._encode = real
+    assert len(load_pca(s["pca_file"]).model_digest) == 64  # sha256 of the model's content
+
+
+@pytest.mark.timeout(60)
+def test_column_that_is_not_an_embedding_is_refused(tiny_clip, tmp_path, encoding_forbidden):
+    info, images = make_items(tmp_path)
+    kw = dict(model=str(tiny_clip), dim=DIM, num_workers=0, progress=False)
+    kw["out"] = tmp_path / "o.parquet"
+    with pytest.raises(EmbeddingError, match=r"--column item_id"):
+        generate_embeddings(info, images, column="item_id", **kw)
+    with pytest.raises(EmbeddingError, match=r"--column likes: .* type double, not a list of"):
+        generate_embeddings(info, images, column="likes", **kw)
+    with pytest.raises(EmbeddingError, match=r"--column item_tags: .* list<element: int64>"):
+        generate_embeddings(info, images, column="item_tags", **kw)
+    assert not (tmp_path / "o.parquet").exists()
+    with pytest.raises(AssertionError, match="encoding started"):  # list<float>: replaced
+        generate_embeddings(info, images, **kw)
+
+
+@pytest.mark.timeout(60)
+def test_cache_dir_that_cannot_be_a_folder_is_refused(tiny_clip, tmp_path, encoding_forbidden):
+    info, images = make_items(tmp_path)
+    kw = dict(model=str(tiny_clip), dim=DIM, num_workers=0, progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(EmbeddingError, match=r"--cache-dir .*afile is a file, not a folder"):
+        generate_embeddings(info, images, cache_dir=tmp_path / "afile", **kw)
+    with pytest.raises(EmbeddingError, match=r"--cache-dir .*afile.sub: cannot create"):
+        generate_embeddings(info, images, cache_dir=tmp_path / "afile" / "sub", **kw)
+
+
+def test_stale_shard_errors_say_which_case(tmp_path: Path) -> None:
+    ids = np.arange(4)
+    shard = pipeline_mod._Shard(0, 0, 4, "fp-a", tmp_path / "shard_00000.npz")
+    with pytest.raises(EmbeddingError, match=r"shard_00000.npz does not exist.*shar"):
+        pipeline_mod._read_shard(shard, "key", ids)
+    z = np.zeros((4, 2), np.float32)
+    pipeline_mod._write_shard(shard, "key", ids, z, np.zeros(4, np.int8), [""] * 4)
+    other = pipeline_mod._Shard(0, 0, 4, "fp-b", shard.path)
+    with pytest.raises(EmbeddingError, match=r"other image files .*fingerprint"):
+        pipeline_mod._read_shard(other, "key", ids)
+    with pytest.raises(EmbeddingError, match=r"another model"):
+        pipeline_mod._read_shard(shard, "other-key", ids)
+
+
+def test_column_width_that_contradicts_its_name_is_warned(tmp_path: Path) -> None:
+    ids = np.arange(3)
+    vec = np.ones((3, 64), dtype=np.float32)
+    vec[0] = 0
+    warn = pipeline_mod._check_vectors(vec, ids, tmp_path / "o.parquet", "item_emb_d128")
+    assert warn is not None and "64" in warn and "d128" in warn
+    assert pipeline_mod._check_vectors(vec, ids, tmp_path / "o.parquet", "item_emb_d64") is None
+    assert pipeline_mod._check_vectors(vec, ids, tmp_path / "o.parquet", "emb") is None
+
+
+@pytest.mark.timeout(90)
+def test_torchrun_ranks_with_node_local_image_copies(tiny_clip, tmp_path):
+    """Each node has its own copy of the image folder (same names and sizes, other mtimes):
+    every rank keys its shards by rank 0's fingerprints, so rank 0 accepts them."""
+    import multiprocessing as mp
+    import shutil
+
+    info, images = make_items(tmp_path)
+    node1 = shutil.copytree(images, tmp_path / "images_node1", copy_function=shutil.copyfile)
+    for f in node1.iterdir():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**11))
+    kw = dict(model=str(tiny_clip), dim=DIM, shard_size=16, num_workers=0, progress=False)
+    single = generate_embeddings(info, images, out=tmp_path / "single.parquet", **kw)
+
+    out = tmp_path / "dist" / "item_info.parquet"
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    kw.update(item_info=info, image_dirs=[images, node1], out=out, gpu=-1)
+    kw["cache_dir"] = tmp_path / "shared_cache"
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, port, kw, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=80) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert [p.exitcode for p in procs] == [0, 0], results
+    assert results[0]["counts"] == single["counts"]
+    np.testing.assert_allclose(_vectors(out), _vectors(tmp_path / "single.parquet"), atol=1e-5)

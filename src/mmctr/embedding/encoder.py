@@ -213,6 +213,53 @@ def load_image_model(spec: ModelSpec) -> nn.Module:
     return model.eval()
 
 
+VISION_PREFIXES = ("vision_model.", "visual_projection.")
+
+
+def _config_for_digest(config: Any) -> dict:
+    """The settings that shape the image features: the vision config (or the whole config
+    of a non-CLIP model) and the projection width, without paths and library versions."""
+    if hasattr(config, "vision_config"):
+        d = {"vision": config.vision_config.to_dict()}
+        d["projection_dim"] = getattr(config, "projection_dim", None)
+    else:
+        d = {"config": config.to_dict()}
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {
+                k: clean(v)
+                for k, v in x.items()
+                if not str(k).startswith("_") and k != "transformers_version"
+            }
+        return x
+
+    return clean(d)
+
+
+def model_digest(model: nn.Module, spec: ModelSpec) -> str:
+    """sha256 of what makes the image features: the vision config and projection width, the
+    image processor's settings and the bytes of the vision tower's and projection's weights
+    (every weight for a non-CLIP model), in a fixed order. It does not depend on where the
+    model lies or how it is named: the same weights in another folder give the same digest,
+    other weights under the same name another. Stored in the PCA file and checked by
+    ``--pca``. Costs one pass over the weights (ViT-B/32's vision side: 88M floats)."""
+    h = hashlib.sha256()
+    settings = {
+        "config": _config_for_digest(spec.config),
+        "processor": _processor_dict(spec.processor),
+    }
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    state = model.state_dict()
+    keys = sorted(k for k in state if k.startswith(VISION_PREFIXES)) or sorted(state)
+    for key in keys:
+        t = state[key].detach()
+        h.update(f"\0{key}|{str(t.dtype)}|{tuple(t.shape)}\0".encode())
+        flat = t.to("cpu").contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def image_features_tensor(out: Any) -> torch.Tensor:
     """The projected image embedding (B, D) from whatever the model returned: a tensor
     (transformers 4.x ``get_image_features``), a ``BaseModelOutputWithPooling`` (5.x; the

@@ -97,15 +97,23 @@ def index_image_dir(image_dir: str | os.PathLike) -> dict[int, ImageRef]:
     return refs
 
 
-def refs_fingerprint(item_ids: Sequence[int], refs: Sequence[ImageRef | None]) -> str:
-    """A digest of which files back which items (name, size, mtime): keys one cache shard."""
+NO_FILE = "-"  # the item fingerprint of an item without an image file
+
+
+def item_fingerprint(ref: ImageRef | None) -> str:
+    """Which file backs one item: ``name|size|mtime_ns``, or ``-`` for none. An item whose
+    fingerprint is unchanged keeps its cached features."""
+    if ref is None:
+        return NO_FILE
+    return f"{os.path.basename(ref.path)}|{ref.size}|{ref.mtime_ns}"
+
+
+def shard_fingerprint(item_ids: Sequence[int], item_fps: Sequence[str]) -> str:
+    """A digest of the items of one cache shard and their :func:`item_fingerprint` s."""
     h = hashlib.sha1()
     h.update(np.asarray(item_ids, dtype=np.int64).tobytes())
-    for ref in refs:
-        if ref is None:
-            h.update(b"\0-")
-        else:
-            h.update(f"\0{os.path.basename(ref.path)}|{ref.size}|{ref.mtime_ns}".encode())
+    for fp in item_fps:
+        h.update(f"\0{fp}".encode())
     return h.hexdigest()
 
 

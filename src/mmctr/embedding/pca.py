@@ -21,7 +21,9 @@ from mmctr.utils import atomic_open
 @dataclass
 class PCAProjection:
     """components: (dim, raw_dim) float32; mean: (raw_dim,) float32;
-    explained_variance_ratio: (dim,) float64."""
+    explained_variance_ratio: (dim,) float64. ``model`` names the model the features came
+    from; ``model_digest`` fingerprints its content (``encoder.model_digest``; empty in files
+    written before it was recorded)."""
 
     components: np.ndarray
     mean: np.ndarray
@@ -29,6 +31,7 @@ class PCAProjection:
     model: str = ""
     seed: int = 0
     n_fit: int = 0
+    model_digest: str = ""
 
     @property
     def dim(self) -> int:
@@ -44,7 +47,9 @@ class PCAProjection:
         return float(np.sum(self.explained_variance_ratio))
 
 
-def fit_pca(raw: np.ndarray, dim: int, seed: int, model: str = "") -> PCAProjection:
+def fit_pca(
+    raw: np.ndarray, dim: int, seed: int, model: str = "", model_digest: str = ""
+) -> PCAProjection:
     """Fit PCA(n_components=dim) on ``raw`` (N, raw_dim): the rows of the ``ok`` items."""
     from sklearn.decomposition import PCA
 
@@ -68,6 +73,7 @@ def fit_pca(raw: np.ndarray, dim: int, seed: int, model: str = "") -> PCAProject
         model=model,
         seed=int(seed),
         n_fit=int(n),
+        model_digest=model_digest,
     )
 
 
@@ -84,7 +90,7 @@ def project(raw: np.ndarray, pca: PCAProjection) -> np.ndarray:
 
 def save_pca(pca: PCAProjection, path: str | os.PathLike) -> None:
     """Write ``pca`` as .npz (atomically): components, mean, explained_variance_ratio,
-    model, raw_dim, dim, seed, n_fit."""
+    model, model_digest, raw_dim, dim, seed, n_fit."""
     with atomic_open(path, "wb") as fh:
         np.savez(
             fh,
@@ -92,6 +98,7 @@ def save_pca(pca: PCAProjection, path: str | os.PathLike) -> None:
             mean=pca.mean,
             explained_variance_ratio=pca.explained_variance_ratio,
             model=np.array(pca.model),
+            model_digest=np.array(pca.model_digest),
             raw_dim=np.array(pca.raw_dim),
             dim=np.array(pca.dim),
             seed=np.array(pca.seed),
@@ -112,4 +119,5 @@ def load_pca(path: str | os.PathLike) -> PCAProjection:
             model=str(z["model"]),
             seed=int(z["seed"]),
             n_fit=int(z["n_fit"]),
+            model_digest=str(z["model_digest"]) if "model_digest" in z.files else "",
         )

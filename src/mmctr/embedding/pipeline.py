@@ -4,24 +4,33 @@
 arguments. The work, in order:
 
 1. read item_info and check the item ids (integers, row index == item_id; item 0 is the
-   padding row; no other column is looked at), check ``out`` and a given ``pca`` file, and
-   index the image folder (``<item_id>.jpg``);
+   padding row) and the column to write (not ``item_id``; if present, a list of floats; no
+   other column is looked at), check ``out``, the cache folder and a given ``pca`` file
+   (its model by content, see :func:`model_digest`), and index the image folder
+   (``<item_id>.jpg``);
 2. split the rows into shards of ``shard_size`` items; a shard whose cache file exists, with
    the same items, image files (name, size, mtime) and model, is reused; the others are
    encoded (decoding in DataLoader workers, the model on every chosen GPU through
    ``nn.DataParallel``) and written to the cache one file at a time, so a killed run
-   resumes where it stopped;
+   resumes where it stopped. In a stale shard, every item whose own file is unchanged keeps
+   its cached features (items appended to the last shard do not re-encode the old ones, whose
+   features would move in the last bits in other batches); only new or changed items are
+   encoded (``force``: all);
 3. fit PCA on the ``ok`` items only (fixed seed), or load the one given as ``pca`` (then
    items embedded before keep their vectors bit for bit), and project them; the padding row
    and every missing or corrupt item get an all-zero vector;
-4. write item_info back with the column replaced (every other column and row unchanged),
-   a per-item status table and the PCA (``<stem>.pca.npz``; a different PCA already there
-   is kept as ``<stem>.pca.prev.npz``, never silently lost).
+4. write the PCA (``<stem>.pca.npz``; a different PCA already there is first kept as
+   ``<stem>.pca.prev.npz``, never silently lost), a per-item status table, and LAST item_info
+   with the column replaced (every other column and row unchanged): the parquet write commits
+   the run, so a run killed before it leaves the old vectors, which the PCA kept as .prev
+   still reproduces.
 
-Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) each rank encodes the shards
-``rank, rank + world, ...`` on its own device, all ranks meet at a barrier, and rank 0
-merges the shards (the cache folder must be on a filesystem all ranks see), fits the PCA and
-writes; the other ranks return at once.
+Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) rank 0's image-file fingerprints are
+broadcast (each node may read its own copy of the image folder, with its own mtimes), each
+rank encodes the shards ``rank, rank + world, ...`` on its own device, all ranks meet and
+gather their counts, and rank 0 merges the shards (the cache folder must be on a filesystem
+all ranks see), fits the PCA, writes and reports the totals of every rank; the other ranks
+return at once.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,19 +55,23 @@ from mmctr.embedding.encoder import (
     describe_model,
     load_image_model,
     make_parallel,
+    model_digest,
     resolve_amp,
     resolve_devices,
 )
 from mmctr.embedding.images import (
     CORRUPT,
+    MISSING,
+    NO_FILE,
     OK,
     PADDING,
     STATUS_NAMES,
     EmbeddingError,
     ItemImageDataset,
     index_image_dir,
+    item_fingerprint,
     make_loader,
-    refs_fingerprint,
+    shard_fingerprint,
     split_processor,
 )
 from mmctr.embedding.pca import PCAProjection, fit_pca, load_pca, project, save_pca
@@ -82,6 +96,33 @@ class _Shard:
     stop: int
     fingerprint: str
     path: Path
+    item_fps: list[str] | None = None  # per item (images.item_fingerprint), rows start:stop
+
+
+class _Model:
+    """The image model, loaded at most once per run, and its content digest (computed at
+    load, on the CPU, before the model moves to a device)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._model: torch.nn.Module | None = None
+        self._digest: str | None = None
+
+    def get(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = load_image_model(self.spec)
+            self._digest = model_digest(self._model, self.spec)
+        return self._model
+
+    def digest(self) -> str:
+        if self._digest is None:
+            self.get()
+        assert self._digest is not None
+        return self._digest
+
+    def release(self) -> None:
+        """Drop the model (and its device memory); the digest stays."""
+        self._model = None
 
 
 @dataclass
@@ -128,6 +169,49 @@ def _barrier(device: torch.device) -> None:
         dist.barrier()
 
 
+def _share_fingerprints(item_fps: list[str], ids: np.ndarray, rank: int, log: Any) -> list[str]:
+    """Rank 0's item fingerprints on every rank (broadcast): all ranks key and check the
+    shards by the same files, also when each node reads its own copy of the image folder
+    (copies have their own mtimes). A rank whose copy differs in more than mtimes warns."""
+    import torch.distributed as dist
+
+    box: list[Any] = [(len(ids), item_fps) if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    n, theirs = box[0]
+    if n != len(ids):
+        raise EmbeddingError(
+            f"rank {rank} reads {len(ids)} items from --item-info but rank 0 reads {n}; every "
+            "rank must see the same item_info"
+        )
+    if rank != 0:
+
+        def name_size(fp: str) -> str:
+            return fp.rsplit("|", 1)[0]
+
+        differ = [
+            i for i, (a, b) in enumerate(zip(item_fps, theirs)) if name_size(a) != name_size(b)
+        ]
+        if differ:
+            log.warning(
+                "rank %d: %d item image(s) differ from rank 0's in name or size (e.g. item %d: "
+                "%s here, %s on rank 0); this rank encodes its own copies",
+                rank,
+                len(differ),
+                int(ids[differ[0]]),
+                item_fps[differ[0]],
+                theirs[differ[0]],
+            )
+    return list(theirs)
+
+
+def _gather_stats(mine: dict[str, Any]) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
+
+
 def _rank_devices(gpu: int | Sequence[int] | None, dist_ctx: _Dist) -> list[torch.device]:
     """Devices of this process. Single process: every chosen GPU. Under torchrun: one device
     per rank (``cuda:LOCAL_RANK``, or the LOCAL_RANK-th entry of ``--gpu``)."""
@@ -160,6 +244,43 @@ def _check_out(out: Path) -> None:
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise EmbeddingError(f"--out {out}: {parent} is a file, not a folder")
+
+
+def _check_column(table: Any, column: str, path: Path) -> None:
+    """The column stage 1 writes: never ``item_id``; an existing column is replaced only if
+    it holds lists of floats (an earlier embedding), never another kind of column."""
+    import pyarrow.types as pat
+
+    if not column:
+        raise EmbeddingError("--column must name a column (default item_emb_d128)")
+    if column == "item_id":
+        raise EmbeddingError(
+            "--column item_id: that is the item id column, which stage 1 reads; name the "
+            f"embedding column instead (default {DEFAULT_COLUMN})"
+        )
+    if column not in table.column_names:
+        return
+    kind = table.schema.field(column).type
+    is_list = pat.is_list(kind) or pat.is_large_list(kind) or pat.is_fixed_size_list(kind)
+    if not (is_list and pat.is_floating(kind.value_type)):
+        raise EmbeddingError(
+            f"--column {column}: --item-info {path} already has a column {column!r} of type "
+            f"{kind}, not a list of floats (an embedding); stage 1 would overwrite it. Pass "
+            f"another --column (default {DEFAULT_COLUMN}) or drop that column first"
+        )
+
+
+def _prepare_cache(cache: Path, given: bool) -> None:
+    """Create the feature cache folder, or say in one line why it cannot be one."""
+    name = f"--cache-dir {cache}" if given else f"feature cache {cache} (see --cache-dir)"
+    if cache.exists() and not cache.is_dir():
+        raise EmbeddingError(f"{name} is a file, not a folder")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbeddingError(f"{name}: cannot create it ({exc.strerror or exc})") from exc
+    if not os.access(cache, os.W_OK | os.X_OK):
+        raise EmbeddingError(f"{name}: no permission to write in this folder")
 
 
 def _item_ids(col: Any, path: Path) -> np.ndarray:
@@ -212,8 +333,11 @@ def _read_item_info(path: Path) -> tuple[Any, np.ndarray]:
     return table, ids
 
 
-def _load_pca_for(path: Path, spec: ModelSpec, dim: int | None) -> PCAProjection:
-    """Load ``--pca path`` and check that it fits the model's features and ``dim``."""
+def _load_pca_for(path: Path, model: _Model, dim: int | None) -> PCAProjection:
+    """Load ``--pca path`` and check that it fits the model's features and ``dim``. The
+    model is compared by content (:func:`model_digest`, which loads its weights); a PCA file
+    written before digests were recorded is compared by model name."""
+    spec = model.spec
     where = f"--pca {path}"
     if not path.is_file():
         raise EmbeddingError(f"{where}: no such file")
@@ -228,7 +352,16 @@ def _load_pca_for(path: Path, spec: ModelSpec, dim: int | None) -> PCAProjection
             f"{where} projects {pca.raw_dim}-d features, but --model {spec.name} gives "
             f"{spec.raw_dim}-d features; use the PCA fit on this model's features"
         )
-    if pca.model and not _same_model(pca.model, spec):
+    if pca.model_digest:
+        digest = model.digest()
+        if digest != pca.model_digest:
+            raise EmbeddingError(
+                f"{where} was fit on the features of model {pca.model!r} (content digest "
+                f"{pca.model_digest[:12]}), but --model {spec.name!r} has other weights, "
+                f"config or image processor (digest {digest[:12]}); pass the model the PCA "
+                "was fit with, or fit a new PCA (omit --pca)"
+            )
+    elif pca.model and not _same_model(pca.model, spec):
         raise EmbeddingError(
             f"{where} was fit on the features of model {pca.model!r}, not --model "
             f"{spec.name!r}; pass that model, or fit a new PCA (omit --pca)"
@@ -242,7 +375,8 @@ def _load_pca_for(path: Path, spec: ModelSpec, dim: int | None) -> PCAProjection
 
 
 def _same_model(recorded: str, spec: ModelSpec) -> bool:
-    """A hub name and a save_pretrained folder of it match by the last path component
+    """For PCA files without a model digest (written before it was recorded): a hub name and
+    a save_pretrained folder of it match by the last path component
     (``openai/clip-vit-base-patch32`` == ``/models/clip-vit-base-patch32``)."""
     if recorded in (spec.name, spec.source):
         return True
@@ -281,14 +415,23 @@ def _cache_key(spec: ModelSpec, amp_dtype: torch.dtype | None) -> str:
     return hashlib.sha1(f"{CACHE_FORMAT}|{spec.fingerprint}|{amp_name}".encode()).hexdigest()
 
 
-def _shard_is_valid(shard: _Shard, model_key: str) -> bool:
+def _shard_problem(shard: _Shard, model_key: str) -> str | None:
+    """Why the cache file of ``shard`` cannot be used as it is (None: it can)."""
     if not shard.path.is_file():
-        return False
+        return "missing"
     try:
         with np.load(shard.path, allow_pickle=False) as z:
-            return str(z["fingerprint"]) == shard.fingerprint and str(z["model"]) == model_key
+            if str(z["model"]) != model_key:
+                return "model"
+            if str(z["fingerprint"]) != shard.fingerprint:
+                return "fingerprint"
     except Exception:  # a foreign or damaged file is simply recomputed
-        return False
+        return "unreadable"
+    return None
+
+
+def _shard_is_valid(shard: _Shard, model_key: str) -> bool:
+    return _shard_problem(shard, model_key) is None
 
 
 def _write_shard(
@@ -299,6 +442,7 @@ def _write_shard(
     status: np.ndarray,
     errors: list[str],
 ) -> None:
+    item_fps = shard.item_fps if shard.item_fps is not None else [""] * len(item_ids)
     with atomic_open(shard.path, "wb") as fh:
         np.savez(
             fh,
@@ -307,16 +451,27 @@ def _write_shard(
             status=np.asarray(status, dtype=np.int8),
             errors=np.array(errors, dtype=str),
             fingerprint=np.array(shard.fingerprint),
+            item_fps=np.array(item_fps, dtype=str),
             model=np.array(model_key),
         )
 
 
+_STALE = {
+    "missing": "does not exist after every rank finished; under torchrun the --cache-dir must "
+    "be on a filesystem that all ranks share (a rank wrote it into its own local folder?)",
+    "fingerprint": "was written for other image files (their name/size/mtime fingerprint "
+    "differs from this run's); did the image folder or item_info change while the ranks ran? "
+    "Rerun",
+    "model": "was written by another model or --amp setting than this run's; did another run "
+    "use the same --cache-dir at the same time? Rerun",
+    "unreadable": "cannot be read (damaged, or being written by another run?); rerun",
+}
+
+
 def _read_shard(shard: _Shard, model_key: str, ids: np.ndarray) -> dict[str, np.ndarray]:
-    if not _shard_is_valid(shard, model_key):
-        raise EmbeddingError(
-            f"feature shard {shard.path} is missing or stale after every rank finished; under "
-            "torchrun the --cache-dir must be on a filesystem that all ranks share"
-        )
+    problem = _shard_problem(shard, model_key)
+    if problem is not None:
+        raise EmbeddingError(f"feature shard {shard.path} {_STALE[problem]}")
     with np.load(shard.path, allow_pickle=False) as z:
         data = {k: z[k] for k in ("item_ids", "features", "status", "errors")}
     if not np.array_equal(data["item_ids"], ids[shard.start : shard.stop]):
@@ -332,41 +487,91 @@ def _probe_raw_dim(runner: torch.nn.Module, processor: Any) -> int:
     return int(runner(pixels).shape[-1])
 
 
+def _reusable_items(
+    shard: _Shard, model_key: str, ids: np.ndarray
+) -> tuple[dict[int, int], dict[str, np.ndarray] | None]:
+    """The items of a stale ``shard`` that its old cache file still holds for the same image
+    file (same item fingerprint, same model): {row: index in the old file}, and the old
+    file's arrays. Items whose file vanished between the folder scan and decoding (status
+    missing with a fingerprint) are not reused."""
+    if shard.item_fps is None or not shard.path.is_file():
+        return {}, None
+    try:
+        with np.load(shard.path, allow_pickle=False) as z:
+            if "item_fps" not in z.files or str(z["model"]) != model_key:
+                return {}, None
+            old = {k: z[k] for k in ("item_ids", "item_fps", "features", "status", "errors")}
+    except Exception:  # a foreign or damaged file: nothing to reuse
+        return {}, None
+    where = {int(i): k for k, i in enumerate(old["item_ids"])}
+    reuse = {}
+    for row, fp in zip(range(shard.start, shard.stop), shard.item_fps):
+        k = where.get(int(ids[row]))
+        if k is None or str(old["item_fps"][k]) != fp:
+            continue
+        if int(old["status"][k]) == MISSING and fp != NO_FILE:
+            continue
+        reuse[row] = k
+    return reuse, old
+
+
+@dataclass
+class _EncodeResult:
+    images: int = 0  # sent to the model
+    reused: int = 0  # items of rewritten shards taken from their old cache file
+    seconds: float = 0.0
+
+
 def _encode(
     shards: list[_Shard],
     ids: np.ndarray,
     paths: list[str | None],
-    spec: ModelSpec,
+    model: _Model,
     model_key: str,
     devices: list[torch.device],
     amp_dtype: torch.dtype | None,
     batch_size: int,
     num_workers: int,
     progress: bool,
+    force: bool,
     log: Any,
-) -> tuple[int, float]:
+) -> _EncodeResult:
     """Encode the items of ``shards`` and write one cache file per shard as soon as its last
-    item is done. Returns (images sent to the model, seconds). The workers ship uint8 pixels
-    when :func:`split_processor` allows it."""
+    item is done. Items whose image file is unchanged since the shard's old cache file are
+    taken from it (not with ``force``), so only new and changed items reach the model. The
+    workers ship uint8 pixels when :func:`split_processor` allows it."""
     from tqdm.auto import tqdm
 
-    model = load_image_model(spec)
-    pixel_norm, how = split_processor(spec.processor)
-    log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
-    extractor = ImageFeatureExtractor(model, amp_dtype, pixel_norm)
-    runner = make_parallel(extractor, devices)
-    raw_dim = spec.raw_dim or _probe_raw_dim(runner, spec.processor)
+    spec = model.spec
+    plans = [_reusable_items(s, model_key, ids) if not force else ({}, None) for s in shards]
+    todo_rows = [
+        [r for r in range(s.start, s.stop) if r not in reuse]
+        for s, (reuse, _) in zip(shards, plans)
+    ]
+    rows = np.array([r for rs in todo_rows for r in rs], dtype=np.int64)
+    ends = np.cumsum([len(rs) for rs in todo_rows])
+    n_reused = sum(len(reuse) for reuse, _ in plans)
 
-    rows = np.concatenate([np.arange(s.start, s.stop) for s in shards])
-    ends = np.cumsum([s.stop - s.start for s in shards])
-    dataset = ItemImageDataset(
-        ids[rows], [paths[r] for r in rows], spec.processor, uint8=pixel_norm is not None
-    )
-    loader = make_loader(dataset, batch_size, num_workers, pin_memory=devices[0].type == "cuda")
+    runner = None
+    if len(rows):
+        pixel_norm, how = split_processor(spec.processor)
+        log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
+        extractor = ImageFeatureExtractor(model.get(), amp_dtype, pixel_norm)
+        runner = make_parallel(extractor, devices)
+        raw_dim = spec.raw_dim or _probe_raw_dim(runner, spec.processor)
+        dataset = ItemImageDataset(
+            ids[rows], [paths[r] for r in rows], spec.processor, uint8=pixel_norm is not None
+        )
+        loader = make_loader(dataset, batch_size, num_workers, pin_memory=devices[0].type == "cuda")
+    else:
+        raw_dim = next(old["features"].shape[1] for _, old in plans if old is not None)
+        loader = []
     log.info(
-        "encoding %d items (%d shard(s)) with %s on %s, batch %d, %d decode worker(s)",
+        "encoding %d items (%d shard(s); %d unchanged item(s) of them from the cache) with "
+        "%s on %s, batch %d, %d decode worker(s)",
         len(rows),
         len(shards),
+        n_reused,
         spec.name,
         ", ".join(map(str, devices)),
         batch_size,
@@ -377,7 +582,32 @@ def _encode(
     status = np.zeros(len(rows), dtype=np.int8)
     errors = [""] * len(rows)
     pos, done_shards, n_encoded = 0, 0, 0
+
+    def write_done() -> None:
+        nonlocal done_shards
+        while done_shards < len(shards) and pos >= ends[done_shards]:
+            s = shards[done_shards]
+            reuse, old = plans[done_shards]
+            lo = int(ends[done_shards - 1]) if done_shards else 0
+            local = np.array(todo_rows[done_shards], dtype=np.int64) - s.start
+            size = s.stop - s.start
+            feats = np.zeros((size, raw_dim), dtype=np.float32)
+            st = np.zeros(size, dtype=np.int8)
+            errs = [""] * size
+            feats[local] = features[lo : lo + len(local)]
+            st[local] = status[lo : lo + len(local)]
+            for j, e in zip(local, errors[lo : lo + len(local)]):
+                errs[j] = e
+            for row, k in reuse.items():
+                assert old is not None
+                feats[row - s.start] = old["features"][k]
+                st[row - s.start] = old["status"][k]
+                errs[row - s.start] = str(old["errors"][k])
+            _write_shard(s, model_key, ids[s.start : s.stop], feats, st, errs)
+            done_shards += 1
+
     start = time.perf_counter()
+    write_done()  # shards whose every item comes from the cache
     with tqdm(total=len(rows), unit="img", desc="embed", disable=not progress) as bar:
         for batch in loader:
             n = len(batch.item_ids)
@@ -386,29 +616,21 @@ def _encode(
             errors[pos : pos + n] = batch.errors
             if batch.pixel_values.numel():
                 # The wrapper itself is called: DataParallel scatters the batch over the GPUs.
+                assert runner is not None
                 out = runner(batch.pixel_values)
                 features[pos + np.flatnonzero(st == OK)] = out.float().cpu().numpy()
                 n_encoded += int(batch.pixel_values.shape[0])
             pos += n
             bar.update(n)
-            while done_shards < len(shards) and pos >= ends[done_shards]:
-                lo = int(ends[done_shards - 1]) if done_shards else 0
-                hi = int(ends[done_shards])
-                _write_shard(
-                    shards[done_shards],
-                    model_key,
-                    ids[rows[lo:hi]],
-                    features[lo:hi],
-                    status[lo:hi],
-                    errors[lo:hi],
-                )
-                done_shards += 1
-    return n_encoded, time.perf_counter() - start
+            write_done()
+    return _EncodeResult(n_encoded, n_reused, time.perf_counter() - start)
 
 
-def _check_vectors(vectors: np.ndarray, ids: np.ndarray, out: Path, column: str) -> None:
-    """What stage 1 promises about the column it writes: ``dim`` wide, finite, the padding
-    row (item 0) all zero. Raised before ``out`` is written."""
+def _check_vectors(vectors: np.ndarray, ids: np.ndarray, out: Path, column: str) -> str | None:
+    """What stage 1 promises about the column it writes: finite, the padding row (item 0)
+    all zero; raised before ``out`` is written. The width is ``dim`` by construction; a
+    column name that says another width (``..._d128`` holding 64-d vectors) is returned as
+    a warning (the name is the user's choice, but the data contract reads it)."""
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if len(bad):
         raise EmbeddingError(
@@ -418,6 +640,15 @@ def _check_vectors(vectors: np.ndarray, ids: np.ndarray, out: Path, column: str)
     pad = np.flatnonzero(ids == 0)
     if len(pad) and np.any(vectors[pad[0]] != 0):
         raise EmbeddingError(f"{out}: {column} row 0 (padding) is not all zero; not written")
+    named = re.search(r"_d(\d+)$", column)
+    width = int(vectors.shape[1])
+    if named and int(named.group(1)) != width:
+        return (
+            f"{column} holds {width}-d vectors, but its name says d{named.group(1)}; readers "
+            f"that trust the name will be wrong (pass --column ..._d{width} or --dim "
+            f"{named.group(1)})"
+        )
+    return None
 
 
 def _status_table(ids: np.ndarray, status: np.ndarray, errors: np.ndarray, path: Path) -> None:
@@ -459,27 +690,32 @@ def generate_embeddings(
         image_dir: folder of ``<item_id>.jpg`` images (other image extensions work too).
         model: a CLIP checkpoint: hub name or a folder written by ``save_pretrained``.
         out: output parquet; default: ``item_info`` itself (replaced atomically).
-        column: the embedding column to write (replaced if present, else appended).
+        column: the embedding column to write (replaced if present, else appended); not
+            ``item_id``, and an existing column must hold lists of floats.
         dim: PCA width (default 128, or the width of ``pca``).
         batch_size: images per model call (split across the GPUs).
         num_workers: decoding processes (default ``min(8, cpu count)``; 0 = in process).
         gpu: GPU indices (default: every visible GPU; -1: CPU).
         amp: "none" | "bf16" | "fp16" autocast (default bf16 on CUDA, none on the CPU).
         cache_dir: raw feature shards (default ``<out dir>/.emb_cache/<model>-<key>/``).
-        force: recompute every shard. shard_size: items per cache file. seed: PCA seed.
+        force: recompute every shard and item. shard_size: items per cache file.
+        seed: PCA seed.
         pca: a PCA file written by an earlier run (``<stem>.pca.npz``): project with it
             instead of fitting a new one, so items already embedded keep their vectors bit
             for bit. Without it a new PCA is fit; a different PCA file already next to
             ``out`` is kept as ``<stem>.pca.prev.npz``.
 
     Returns:
-        A summary dict: output paths, per-status counts, explained variance, shards computed
-        and reused, images/s. Under torchrun, ranks other than 0 return
-        ``{"rank": r, "role": "worker", ...}`` without writing any output.
+        A summary dict: output paths, per-status counts, explained variance, shards
+        computed (written) and reused, items reused from rewritten shards, images encoded,
+        images/s, ``warnings``. Under torchrun rank 0's counts are the totals of every rank
+        (images/s: all images over the slowest rank's encoding time; ``per_rank`` holds each
+        rank's own), and the ranks other than 0 return ``{"rank": r, "role": "worker", ...}``
+        with their own counts, without writing any output.
 
     Raises:
-        EmbeddingError: bad paths, item ids, model, options or ``pca``, or too few
-            decodable images for the PCA.
+        EmbeddingError: bad paths, item ids, column, cache folder, model, options or
+            ``pca``, or too few decodable images for the PCA.
     """
     log = get_logger("mmctr.embedding")
     if dim is not None and int(dim) < 1:
@@ -502,12 +738,21 @@ def generate_embeddings(
     devices = _rank_devices(gpu, dist_ctx)
     amp_dtype = resolve_amp(amp, devices[0])
     table, ids = _read_item_info(item_info)
+    _check_column(table, column, item_info)
     refs = index_image_dir(image_dir)
     ref_list = [None if i == 0 else refs.get(int(i)) for i in ids]
     paths = [None if r is None else r.path for r in ref_list]
 
     spec = describe_model(model)
-    given_pca = _load_pca_for(Path(pca), spec, dim) if pca is not None else None
+    model_key = _cache_key(spec, amp_dtype)
+    cache = (
+        Path(cache_dir)
+        if cache_dir is not None
+        else out.parent / ".emb_cache" / f"{spec.slug}-{model_key[:12]}"
+    )
+    _prepare_cache(cache, given=cache_dir is not None)
+    image_model = _Model(spec)
+    given_pca = _load_pca_for(Path(pca), image_model, dim) if pca is not None else None
     if dim is None:
         dim = given_pca.dim if given_pca is not None else 128
     if spec.raw_dim is not None and dim > spec.raw_dim:  # fail before hours of encoding
@@ -515,58 +760,71 @@ def generate_embeddings(
             f"--dim {dim} is larger than the model's feature width {spec.raw_dim}; PCA can "
             f"only reduce (use --dim {spec.raw_dim} or less)"
         )
-    model_key = _cache_key(spec, amp_dtype)
-    cache = (
-        Path(cache_dir)
-        if cache_dir is not None
-        else out.parent / ".emb_cache" / f"{spec.slug}-{model_key[:12]}"
-    )
-    cache.mkdir(parents=True, exist_ok=True)
 
     n = len(ids)
-    shards = []
-    for k, lo in enumerate(range(0, n, shard_size)):
-        hi = min(lo + shard_size, n)
-        fp = refs_fingerprint(ids[lo:hi], ref_list[lo:hi])
-        shards.append(_Shard(k, lo, hi, fp, cache / f"shard_{k:05d}.npz"))
-    mine = [s for s in shards if s.index % dist_ctx.world_size == dist_ctx.rank]
-    todo = [s for s in mine if force or not _shard_is_valid(s, model_key)]
-    log.info(
-        "%d items, %d shard(s) of %d; cache %s; %d shard(s) to encode%s",
-        n,
-        len(shards),
-        shard_size,
-        cache,
-        len(todo),
-        f" on rank {dist_ctx.rank}/{dist_ctx.world_size}" if dist_ctx.active else "",
-    )
-
+    item_fps = [item_fingerprint(r) for r in ref_list]
     if dist_ctx.active:
         _init_distributed(dist_ctx, devices[0])
-    n_encoded, seconds = 0, 0.0
+    result = _EncodeResult()
     try:
+        if dist_ctx.active:
+            item_fps = _share_fingerprints(item_fps, ids, dist_ctx.rank, log)
+        shards = []
+        for k, lo in enumerate(range(0, n, shard_size)):
+            hi = min(lo + shard_size, n)
+            fps = item_fps[lo:hi]
+            fp = shard_fingerprint(ids[lo:hi], fps)
+            shards.append(_Shard(k, lo, hi, fp, cache / f"shard_{k:05d}.npz", fps))
+        mine = [s for s in shards if s.index % dist_ctx.world_size == dist_ctx.rank]
+        todo = [s for s in mine if force or not _shard_is_valid(s, model_key)]
+        log.info(
+            "%d items, %d shard(s) of %d; cache %s; %d shard(s) to encode%s",
+            n,
+            len(shards),
+            shard_size,
+            cache,
+            len(todo),
+            f" on rank {dist_ctx.rank}/{dist_ctx.world_size}" if dist_ctx.active else "",
+        )
         if todo:
-            n_encoded, seconds = _encode(
+            result = _encode(
                 todo,
                 ids,
                 paths,
-                spec,
+                image_model,
                 model_key,
                 devices,
                 amp_dtype,
                 batch_size,
                 num_workers,
                 progress and dist_ctx.rank == 0,
+                force,
                 log,
             )
+            image_model.release()
+        own = {
+            "rank": dist_ctx.rank,
+            "devices": [str(d) for d in devices],
+            "shards_computed": [s.index for s in todo],
+            "shards_reused": [s.index for s in mine if s not in todo],
+            "images_encoded": result.images,
+            "items_reused": result.reused,
+            "encode_seconds": result.seconds,
+        }
         if dist_ctx.active:
             _barrier(devices[0])
+            per_rank = _gather_stats(own)
+        else:
+            per_rank = [own]
     finally:
         if dist_ctx.created_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    speed = n_encoded / seconds if seconds > 0 else 0.0
+    # rank 0 reports the run (every rank's shards and images); the others their own share
+    report = per_rank if dist_ctx.rank == 0 else [own]
+    images = sum(r["images_encoded"] for r in report)
+    seconds = max(r["encode_seconds"] for r in report)  # the ranks run side by side
     common = {
         "rank": dist_ctx.rank,
         "world_size": dist_ctx.world_size,
@@ -574,11 +832,13 @@ def generate_embeddings(
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "none",
         "cache_dir": str(cache),
         "shards_total": len(shards),
-        "shards_computed": [s.index for s in todo],
-        "shards_reused": [s.index for s in mine if s not in todo],
-        "images_encoded": n_encoded,
+        "shards_computed": sorted(k for r in report for k in r["shards_computed"]),
+        "shards_reused": sorted(k for r in report for k in r["shards_reused"]),
+        "images_encoded": images,
+        "items_reused": sum(r["items_reused"] for r in report),
         "encode_seconds": seconds,
-        "images_per_s": speed,
+        "images_per_s": images / seconds if seconds > 0 else 0.0,
+        "per_rank": per_rank if dist_ctx.rank == 0 else [own],
     }
     if dist_ctx.rank != 0:
         return {**common, "role": "worker", "out": None}
@@ -592,7 +852,7 @@ def generate_embeddings(
     ok = status == OK
 
     if given_pca is None:
-        pca_used = fit_pca(raw[ok], dim, seed, model=spec.name)
+        pca_used = fit_pca(raw[ok], dim, seed, model=spec.name, model_digest=image_model.digest())
     elif raw.shape[1] != given_pca.raw_dim:  # the model did not say its width up front
         raise EmbeddingError(
             f"--pca {pca} projects {given_pca.raw_dim}-d features, but --model {spec.name} "
@@ -602,7 +862,9 @@ def generate_embeddings(
         pca_used = given_pca
     vectors = np.zeros((n, dim), dtype=np.float32)
     vectors[ok] = project(raw[ok], pca_used)
-    _check_vectors(vectors, ids, out, column)
+    warning = _check_vectors(vectors, ids, out, column)
+    if warning:
+        log.warning("%s", warning)
 
     import pyarrow as pa
 
@@ -614,9 +876,11 @@ def generate_embeddings(
     else:
         new_table = table.append_column(field, values)
 
-    atomic_write_parquet(new_table, out)
-    _status_table(ids, status, errors, status_path)
+    # The parquet is written last: it commits the run. Killed before it, the old vectors stay,
+    # and the PCA that made them is still on disk (as .prev when this run's PCA differs).
     previous_pca = _save_pca_keeping_previous(pca_used, pca_path, log)
+    _status_table(ids, status, errors, status_path)
+    atomic_write_parquet(new_table, out)
 
     counts = {name: int(np.sum(status == code)) for code, name in enumerate(STATUS_NAMES)}
     log.info("status: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -645,4 +909,5 @@ def generate_embeddings(
         "counts": counts,
         "explained_variance": pca_used.explained_variance,
         "contract_check": "passed",
+        "warnings": [warning] if warning else [],
     }

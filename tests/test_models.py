@@ -233,6 +233,33 @@ def test_low_rank_crossnet_shapes_and_grad():
     assert x.grad is not None
 
 
+def test_low_rank_crossnet_is_fuxictr_crossnetmix():
+    """Per sample and expert, in FuxiCTR's CrossNetMix order: v = tanh(V^T x), v = tanh(C v),
+    expert = x0 * (U v + b); gates softmax(g_e(x)) mix the experts; x += mixture."""
+    torch.manual_seed(0)
+    d, r, e, layers = 6, 2, 3, 2
+    net = CrossNetV2(d, num_layers=layers, low_rank=r, num_experts=e).double()
+    with torch.no_grad():
+        for b in net.bias:
+            b.normal_()
+    x0 = torch.randn(4, d, dtype=torch.float64)
+    want = []
+    for row in x0:
+        x = row.clone()
+        for i in range(layers):
+            experts, gates = [], []
+            for k in range(e):
+                v = torch.tanh(net.V[i][k].T @ x)
+                v = torch.tanh(net.C[i][k] @ v)
+                experts.append(row * (net.U[i][k] @ v + net.bias[i]))
+                gates.append(net.gates[k].weight[0] @ x)
+            w = torch.softmax(torch.stack(gates), 0)
+            x = sum(w[k] * experts[k] for k in range(e)) + x
+        want.append(x)
+    torch.testing.assert_close(net(x0), torch.stack(want))
+    assert [tuple(p.shape) for p in (net.U[0], net.V[0], net.C[0])] == [(e, d, r)] * 2 + [(e, r, r)]
+
+
 def test_masked_mean_ignores_padding():
     emb = torch.tensor([[[1.0], [100.0], [3.0]]])
     valid = torch.tensor([[True, False, True]])

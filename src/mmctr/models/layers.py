@@ -330,8 +330,10 @@ class CrossNetV2(nn.Module):
     """DCN-V2 cross network: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, (B, d) -> (B, d).
 
     ``low_rank=None`` is the full-rank layer (d*d weights per layer, as the peers). An int r
-    gives the low-rank mixture of ``num_experts`` experts (DCN-Mix): W = U V^T of rank r per
-    expert, gated by a softmax over experts, with far fewer parameters for wide inputs.
+    gives the low-rank mixture of ``num_experts`` experts (DCN-Mix, FuxiCTR's ``CrossNetMix``):
+    expert e of layer l computes x_0 * (U_le tanh(C_le tanh(V_le^T x_l)) + b_l), with U, V
+    (d, r) and C (r, r), and a softmax over the experts' gates g_e(x_l) (one bias-free linear
+    per expert, shared by the layers) mixes them: far fewer parameters for wide inputs.
 
     ``forward(x0, zeros, start)``: row i of x0 is 0 in the columns [start, start + zeros[i])
     (Transformer-DCN's padding readout). The full-rank network then skips those rows and
@@ -361,6 +363,10 @@ class CrossNetV2(nn.Module):
                 nn.Parameter(nn.init.xavier_normal_(torch.empty(e, input_dim, r)))
                 for _ in range(num_layers)
             )
+            self.C = nn.ParameterList(
+                nn.Parameter(nn.init.xavier_normal_(torch.empty(e, r, r)))
+                for _ in range(num_layers)
+            )
             self.bias = nn.ParameterList(
                 nn.Parameter(torch.zeros(input_dim)) for _ in range(num_layers)
             )
@@ -377,10 +383,11 @@ class CrossNetV2(nn.Module):
             for layer in self.layers:
                 x = x0 * layer(x) + x
             return x
-        for U, V, b in zip(self.U, self.V, self.bias):
-            # experts: (B, e, d)
-            low = torch.einsum("bd,edr->ber", x, V)
-            expert = torch.einsum("ber,edr->bed", low, U) + b
+        for U, V, C, b in zip(self.U, self.V, self.C, self.bias):
+            # experts: (B, e, r) in the low-rank space, then (B, e, d)
+            low = torch.tanh(torch.einsum("bd,edr->ber", x, V))
+            low = torch.tanh(torch.einsum("ber,esr->bes", low, C))
+            expert = torch.einsum("bes,eds->bed", low, U) + b
             expert = x0.unsqueeze(1) * expert
             gate = torch.softmax(torch.cat([g(x) for g in self.gates], dim=-1), dim=-1)
             x = (gate.unsqueeze(-1) * expert).sum(1) + x

@@ -281,6 +281,9 @@ def test_missing_config_folder_and_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no model_config.yaml and no model_config/\\*.yaml"):
         load_config(tmp_path / "empty", EXPID)
+    d = write_config(tmp_path)
+    with pytest.raises(ConfigError, match=f"is a file, not a folder .*try '{d}'"):
+        load_config(d / "model_config.yaml", EXPID)
 
 
 def test_duplicate_key_in_a_block_is_an_error(tmp_path):

@@ -220,6 +220,34 @@ def test_a_bad_key_fails_the_whole_tuner_before_anything_runs(
     assert not model_root.exists()
 
 
+def test_tuner_path_and_key_errors_name_the_tuner_file(tiny_data: Path, tmp_path: Path) -> None:
+    base, _ = make_base(tmp_path, tiny_data)
+    with pytest.raises(ConfigError, match="tuner file .* is a folder, not a file"):
+        run_tuner(tmp_path, gpus=[-1], dry_run=True, echo=lambda _: None)
+    gone = write_tuner(tmp_path, "gone", tmp_path / "no_such_dir", {"net_dropout": [0.1]})
+    with pytest.raises(ConfigError, match=r"gone.yaml: base_config '.*no_such_dir' does not exist"):
+        run_tuner(gone, gpus=[-1], dry_run=True, echo=lambda _: None)
+    bad = write_tuner(tmp_path, "bad_val", base, {"net_dropout": [0.1, 1.5]})
+    with pytest.raises(ConfigError, match=r"'net_dropout' \(from .*bad_val.yaml:tuner_space\)"):
+        run_tuner(bad, gpus=[-1], dry_run=True, echo=lambda _: None)
+
+
+def test_a_missing_gpu_fails_the_whole_tuner_before_anything_is_written(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from mmctr.utils import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base, model_root = make_base(tmp_path, tiny_data)
+    tuner = write_tuner(tmp_path, "nogpu", base, {"learning_rate": [1e-3, 5e-4]})
+    with pytest.raises(DeviceError, match="--gpu 0 was asked for but CUDA is not available"):
+        run_tuner(tuner, gpus=[0], echo=lambda _: None)
+    assert not (tuner.parent / "nogpu").exists()
+    assert not model_root.exists()
+
+
 def test_dry_run_writes_configs_and_runs_nothing(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

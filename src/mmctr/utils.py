@@ -94,6 +94,16 @@ def resolve_device(gpu: int | str | None) -> Any:
     if gpu is None or int(gpu) < 0:
         return torch.device("cpu")
     gpu = int(gpu)
+    check_gpu_exists(gpu)
+    torch.cuda.set_device(gpu)
+    return torch.device(f"cuda:{gpu}")
+
+
+def check_gpu_exists(gpu: int) -> None:
+    """A :class:`DeviceError` unless CUDA device ``gpu`` (>= 0) exists. Opens no CUDA context
+    (a launcher such as the tuner checks its GPUs without holding memory on them)."""
+    import torch
+
     if not torch.cuda.is_available():
         raise DeviceError(
             f"--gpu {gpu} was asked for but CUDA is not available on this machine "
@@ -103,8 +113,6 @@ def resolve_device(gpu: int | str | None) -> Any:
         raise DeviceError(
             f"--gpu {gpu} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist"
         )
-    torch.cuda.set_device(gpu)
-    return torch.device(f"cuda:{gpu}")
 
 
 def cpu_supports_bf16() -> bool:

@@ -574,6 +574,11 @@ def build_config(
 def _config_files(config_dir: Path, stem: str) -> list[Path]:
     """``<dir>/<stem>.yaml``, else every ``<dir>/<stem>/*.yaml`` (FuxiCTR's lookup)."""
     if not config_dir.is_dir():
+        if config_dir.exists():
+            raise ConfigError(
+                f"config folder {str(config_dir)!r} is a file, not a folder (--config DIR: the "
+                f"folder holding model_config.yaml; try {str(config_dir.parent)!r})"
+            )
         raise ConfigError(f"config folder {str(config_dir)!r} does not exist (--config DIR)")
     single = config_dir / f"{stem}.yaml"
     if single.is_file():

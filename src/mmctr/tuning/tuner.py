@@ -78,7 +78,7 @@ from mmctr.config import (
     parse_tuner_id,
 )
 from mmctr.config import loader as config_loader
-from mmctr.utils import atomic_write_text
+from mmctr.utils import atomic_write_text, check_gpu_exists
 
 TUNER_KEYS = ("base_config", "base_expid", "dataset_id", "dataset_config", "tuner_space")
 METRIC_COLUMNS = ("valid_AUC", "valid_logloss", "valid_gAUC")
@@ -139,7 +139,8 @@ def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
     """Read a FuxiCTR tuner file and its base experiment (no file is written)."""
     path = Path(tuner_file)
     if not path.is_file():
-        raise ConfigError(f"tuner file {str(path)!r} does not exist (--config FILE.yaml)")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"tuner file {str(path)!r} {what} (--config FILE.yaml)")
     doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a tuner file is a mapping with base_expid and tuner_space")
@@ -154,6 +155,12 @@ def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
     if not isinstance(base_expid, str) or not base_expid:
         raise ConfigError(f"{path}: base_expid must name an expid block of the base config")
     base_config = Path(str(doc.get("base_config") or path.parent))
+    if not base_config.is_dir():
+        what = "is a file, not a folder" if base_config.exists() else "does not exist"
+        raise ConfigError(
+            f"{path}: base_config {str(base_config)!r} {what}; it names the folder with the "
+            "base experiment's model_config.yaml (relative paths start at the current folder)"
+        )
     space = doc.get("tuner_space") or {}
     if not isinstance(space, dict):
         raise ConfigError(f"{path}: tuner_space must be a mapping of config keys")
@@ -243,7 +250,11 @@ def plan_grid(spec: TunerSpec) -> list[Experiment]:
         params = {**copy.deepcopy(spec.model_params), **model_block, **dataset_block}
         shown = ", ".join(f"{k}={_cell(v)}" for k, v in tuned.items()) or "no axes"
         origin = f"{spec.path}: grid point {index}/{n} ({shown})"
-        cfg = build_config(spec.base_expid, params, origin=origin)
+        sources = {k: f"{spec.base_config} {spec.base_expid}" for k in spec.model_params}
+        sources.update({k: str(spec.path) for k in model_block})
+        sources.update({k: f"dataset block {spec.dataset_id!r}" for k in spec.dataset_params})
+        sources.update({k: f"{spec.path}:tuner_space" for k in tuned})
+        cfg = build_config(spec.base_expid, params, sources=sources, origin=origin)
         expid = make_expid(spec.base_expid, index, cfg.params)
         first = seen.setdefault(experiment_hash(cfg.params), expid)
         if first != expid:
@@ -332,6 +343,9 @@ def run_tuner(
     per_device = 1 if max_parallel is None else int(max_parallel)
     if per_device < 1:
         raise ConfigError(f"max_parallel must be at least 1, got {max_parallel}")
+    if not dry_run:  # before anything is written: every run would fail on a missing GPU
+        for g in sorted({g for g in gpus if g >= 0}):
+            check_gpu_exists(g)
     spec = read_tuner(tuner_file)
     experiments = plan_grid(spec)
     if not experiments:

@@ -822,3 +822,18 @@ def test_keys_that_would_do_nothing_are_named(tmp_path):
         "'hidden_activations' (from --override) has no effect on DIN" in n for n in cfg.notices
     )
     assert not any("hidden_activations" in n for n in load_config(d, EXPID).notices)
+
+
+def test_model_defaults_follow_fuxictr():
+    """A FuxiCTR config that leaves a key out builds the model FuxiCTR would (FuxiCTR 2.3.7
+    model_zoo signatures: DIN, DCNv2)."""
+    from mmctr.config.schema import DCNv2Config
+
+    din = DINConfig()
+    assert din.embedding_dim == 10 and din.dnn_hidden_units == [512, 128, 64]
+    assert (din.attention_hidden_units, din.attention_hidden_activations) == ([64], "Dice")
+    assert (din.attention_dropout, din.net_dropout, din.din_use_softmax) == (0, 0, False)
+    dcn = DCNv2Config()
+    assert (dcn.model_structure, dcn.use_low_rank_mixture, dcn.low_rank) == ("parallel", False, 32)
+    assert (dcn.num_experts, dcn.num_cross_layers, dcn.stacked_dnn_hidden_units) == (4, 3, [])
+    assert dcn.dnn_activations.lower() == "relu" and dcn.embedding_dim == 10

@@ -176,7 +176,7 @@ class ModelBase:
     """Keys shared by every model."""
 
     model: str = ""
-    embedding_dim: int = 64
+    embedding_dim: int = 10  # FuxiCTR's default; every challenge config sets 64
     hidden_activations: str = "relu"
     net_dropout: float = 0.0
     batch_norm: bool = False
@@ -205,7 +205,7 @@ class TransformerDCNConfig(ModelBase):
 @dataclass
 class DINConfig(ModelBase):
     model: str = "DIN"
-    dnn_hidden_units: list[int] = field(default_factory=lambda: [1024, 512, 256])
+    dnn_hidden_units: list[int] = field(default_factory=lambda: [512, 128, 64])
     dnn_activations: str = "relu"
     attention_hidden_units: list[int] = field(default_factory=lambda: [64])
     attention_hidden_activations: str = "Dice"
@@ -223,6 +223,8 @@ class DCNv2Config(ModelBase):
     num_experts: int = 4
     num_cross_layers: int = 3
     stacked_dnn_hidden_units: list[int] = field(default_factory=list)
+    # FuxiCTR's default is [] too, which its parallel structure cannot build (it reads the
+    # last width); a usable default instead
     parallel_dnn_hidden_units: list[int] = field(default_factory=lambda: [1024, 512, 256])
     dnn_activations: str = "relu"
 

@@ -6,7 +6,10 @@
     PYTHONPATH=src python scripts/gpu_check.py --dry-run
 
 Made for one H200 with 16 CPU cores and no network, to finish in under 8 minutes. Stages,
-each with a time budget (seconds; the slack of a stage carries to the next ones):
+each with a time budget (seconds; the slack of a stage carries to the next ones; the budgets
+count from the shell script's start and shrink in proportion to end 30 s before its time
+limit, GPU_CHECK_LIMIT_S, default 480; a SIGTERM from that limit saves what the running stage
+had measured):
 
 1. data (45): the ``full`` preset of the demo generator without images (3.6M / 10K / 379K
    rows, 91,718 items) into <out-dir>/full/ (kept between runs on the same machine);
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import sys
 import time
 import traceback
@@ -60,16 +64,30 @@ log = bd.log
 
 
 class Budget:
-    """Stage deadlines: stage k must end by start + the sum of the budgets up to k."""
+    """Stage deadlines: stage k must end by start + the sum of the budgets up to k.
 
-    def __init__(self, budgets: dict[str, float]) -> None:
-        self.start = time.perf_counter()
+    ``started_at`` (time.time() when gpu_check.sh started, $GPU_CHECK_START) puts the clock
+    where the shell's ``timeout`` starts its own, so the interpreter's start-up counts; with
+    ``limit`` ($GPU_CHECK_LIMIT_S, that timeout) the budgets shrink in proportion to end
+    ``margin`` seconds before it, which leaves time to save the report.
+    """
+
+    def __init__(
+        self,
+        budgets: dict[str, float],
+        limit: float | None = None,
+        started_at: float | None = None,
+        margin: float = 30.0,
+    ) -> None:
+        self.start = time.perf_counter() - (time.time() - started_at if started_at else 0.0)
+        total = sum(budgets.values())
+        scale = min(1.0, max(limit - margin, 0.0) / total) if limit else 1.0
+        self.budgets = {name: round(sec * scale, 1) for name, sec in budgets.items()}
         self.ends: dict[str, float] = {}
-        total = 0.0
-        for name, sec in budgets.items():
-            total += sec
-            self.ends[name] = total
-        self.budgets = budgets
+        end = 0.0
+        for name, sec in self.budgets.items():
+            end += sec
+            self.ends[name] = end
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -90,18 +108,39 @@ class Report:
         bd.write_json(self.path, self.data)
 
 
-def stage(report: Report, budget: Budget, name: str):
-    """Decorator-free stage runner: times ``fn``, stores its result or its error."""
+class CutShort(BaseException):
+    """SIGTERM from gpu_check.sh's ``timeout``: save what was measured, then stop."""
 
-    def run(fn, *args, **kwargs):
+
+def _cut_short(signum, frame) -> None:
+    raise CutShort
+
+
+def stage(report: Report, budget: Budget, name: str):
+    """Decorator-free stage runner: times ``fn``, stores its result or its error. With
+    ``partial=True`` ``fn`` gets the stage's result dict as ``out=`` and fills it as it goes,
+    so a run cut short by the time limit still saves what the stage had measured."""
+
+    def run(fn, *args, partial: bool = False, **kwargs):
         t = time.perf_counter()
         log(f"\n=== {name} (budget {budget.budgets[name]} s, {budget.left(name):.0f} s left) ===")
+        so_far: dict[str, Any] = {}
+        report.data.setdefault("stages", {})[name] = so_far
         try:
-            out = fn(*args, **kwargs)
+            out = fn(*args, out=so_far, **kwargs) if partial else fn(*args, **kwargs)
             status = "ok"
+        except CutShort:
+            so_far.update(
+                status="cut short by the time limit",
+                seconds=round(time.perf_counter() - t, 2),
+            )
+            report.data["elapsed_seconds"] = round(budget.elapsed(), 1)
+            report.save()
+            log(f"--- {name}: cut short by the time limit; saved what it measured")
+            raise
         except Exception as exc:  # keep going: the later stages still tell us something
             traceback.print_exc()
-            out, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
+            out, status = {**so_far, "error": f"{type(exc).__name__}: {exc}"}, "failed"
         out = dict(out or {})
         out.update(status=status, seconds=round(time.perf_counter() - t, 2))
         out["budget_seconds"] = budget.budgets[name]
@@ -237,7 +276,13 @@ def _overrides(root: Path, name: str, bf16: bool, arch: list[str]) -> list[str]:
 
 
 def stage_train(
-    data_dir: Path, root: Path, ctx: dict[str, Any], budget: Budget, device, dry: bool
+    data_dir: Path,
+    root: Path,
+    ctx: dict[str, Any],
+    budget: Budget,
+    device,
+    dry: bool,
+    out: dict[str, Any],
 ) -> dict[str, Any]:
     import torch
 
@@ -249,7 +294,7 @@ def stage_train(
     on_gpu = device.type == "cuda"
     steps = {"seed": 20, "rank1": 50} if on_gpu else {"seed": 1, "rank1": 2}
     warmup = 5 if on_gpu else 1
-    out: dict[str, Any] = {"device": str(device), "n_train": n_train, "runs": {}}
+    out.update({"device": str(device), "n_train": n_train, "runs": {}})
     if arch:
         out["overrides"] = arch
     # 1) timed steps for every combination
@@ -260,17 +305,25 @@ def stage_train(
             continue
         cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, _overrides(root, name, bf16, arch))
         keep = name == "seed" and (bf16 or not on_gpu)
-        r = bench.measure_train(
-            cfg,
-            items,
-            split,
-            device,
-            bf16=bf16,
-            steps=steps[name],
-            repeats=3 if on_gpu else 1,
-            warmup_steps=warmup,
-            keep_model=keep,
-        )
+        try:
+            r = bench.measure_train(
+                cfg,
+                items,
+                split,
+                device,
+                bf16=bf16,
+                steps=steps[name],
+                repeats=3 if on_gpu else 1,
+                warmup_steps=warmup,
+                keep_model=keep,
+            )
+        except Exception as exc:  # one combination failing (OOM, ...) must not lose the rest
+            traceback.print_exc()
+            out["runs"][key] = {"error": f"{type(exc).__name__}: {exc}"}
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
+            continue
         if "_runner" in r:
             ctx["predict_runner"] = r.pop("_runner")
         r["epoch_seconds_extrapolated"] = n_train / r["samples_per_s"]
@@ -372,22 +425,29 @@ def stage_train(
             if on_gpu:
                 torch.cuda.empty_cache()
         wall = time.perf_counter() - t
+        ep = res["epoch_seconds"][0]
         r["real_epoch"] = {
+            "epoch_seconds": ep["seconds"],
+            "loop_seconds": ep["loop_seconds"],
+            "train_call_seconds": res.get("train_seconds"),
             "wall_seconds": wall,
-            "train_seconds": res.get("train_seconds"),
-            "samples_per_s": n_train / res["train_seconds"] if res.get("train_seconds") else None,
+            "samples_per_s": n_train / ep["loop_seconds"],
             "valid_AUC": res["valid"].get("AUC"),
             "valid_logloss": res["valid"].get("logloss"),
             "test_AUC": res.get("test", {}).get("AUC"),
             "run_dir": res["run_dir"],
-            "note": "measured: one whole epoch (train_seconds includes the valid evaluation)",
+            "note": "measured: epoch_seconds = the epoch's training batches (loop_seconds, "
+            "which samples_per_s divides) + its valid evaluation and best checkpoint; "
+            "train_call_seconds adds the final valid/test scoring with the best weights; "
+            "wall_seconds adds reading the data and building the model",
         }
         r["epoch"] = "measured (one real epoch) and extrapolated"
         if name == "seed" and not extra:
             ctx.setdefault("trained_seed", {"expid": cfg.expid, "prec": prec, "ov": overrides})
         log(
-            f"{key}: epoch {res['train_seconds']:.1f} s (wall {wall:.1f} s), valid AUC "
-            f"{res['valid'].get('AUC', float('nan')):.4f}"
+            f"{key}: epoch {ep['seconds']:.1f} s (training batches {ep['loop_seconds']:.1f} s, "
+            f"then the valid evaluation and checkpoint; train() {res['train_seconds']:.1f} s, "
+            f"wall {wall:.1f} s), valid AUC {res['valid'].get('AUC', float('nan')):.4f}"
         )
 
     # 1c) the eager variants; 2a) the real seed epoch with the default step. Both come before
@@ -586,6 +646,30 @@ def stage_embed(root: Path, device, dry: bool, budget: Budget) -> dict[str, Any]
 # ------------------------------------------------------------------------------ main
 
 
+def run_stages(report: Report, budget: Budget, root: Path, device, dry: bool) -> int:
+    """The five stages in order; non-zero when data or load fail (nothing else can run)."""
+    import torch
+
+    ctx: dict[str, Any] = {}
+    data = stage(report, budget, "data")(stage_data, "tiny" if dry else "full", root)
+    if data["status"] != "ok":
+        return 1
+    data_dir = Path(data["data_dir"])
+    load = stage(report, budget, "load")(stage_load, data_dir, ctx, dry)
+    if load["status"] != "ok":
+        return 1
+    stage(report, budget, "train")(
+        stage_train, data_dir, root, ctx, budget, device, dry, partial=True
+    )
+    stage(report, budget, "predict")(stage_predict, data_dir, root, ctx, device)
+    ctx.pop("predict_runner", None)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    stage(report, budget, "embed")(stage_embed, root, device, dry, budget)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
@@ -607,7 +691,14 @@ def main(argv: list[str] | None = None) -> int:
         log("no CUDA device: run with --dry-run (or GPU_CHECK_CPU=1) on a CPU machine")
         return 2
     device = torch.device("cpu") if dry else torch.device("cuda:0")
-    budget = Budget(CPU_BUDGETS if dry else GPU_BUDGETS)
+    started = os.environ.get("GPU_CHECK_START")
+    limit = os.environ.get("GPU_CHECK_LIMIT_S")
+    budget = Budget(
+        CPU_BUDGETS if dry else GPU_BUDGETS,
+        limit=float(limit) if limit else None,
+        started_at=float(started) if started else None,
+    )
+    signal.signal(signal.SIGTERM, _cut_short)
     report = Report(json_path)
     report.data.update(
         date=bd.now_iso(),
@@ -632,21 +723,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{report.data['versions']['torch']}; results -> {json_path}"
     )
 
-    ctx: dict[str, Any] = {}
-    data = stage(report, budget, "data")(stage_data, "tiny" if dry else "full", root)
-    if data["status"] != "ok":
-        return 1
-    data_dir = Path(data["data_dir"])
-    load = stage(report, budget, "load")(stage_load, data_dir, ctx, dry)
-    if load["status"] != "ok":
-        return 1
-    stage(report, budget, "train")(stage_train, data_dir, root, ctx, budget, device, dry)
-    stage(report, budget, "predict")(stage_predict, data_dir, root, ctx, device)
-    ctx.pop("predict_runner", None)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    stage(report, budget, "embed")(stage_embed, root, device, dry, budget)
+    try:
+        code = run_stages(report, budget, root, device, dry)
+    except CutShort:
+        return 124
+    if code:
+        return code
 
     report.data["elapsed_seconds"] = round(budget.elapsed(), 1)
     failed = [k for k, v in report.data["stages"].items() if v["status"] != "ok"]

@@ -19,6 +19,8 @@ export PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1   # random weights only: never reach the hub
 TOTAL_LIMIT_S="${GPU_CHECK_LIMIT_S:-480}"
+# the stage budgets count from here and end 30 s before the timeout below (gpu_check.Budget)
+export GPU_CHECK_START="$(date +%s.%N)" GPU_CHECK_LIMIT_S="$TOTAL_LIMIT_S"
 
 echo "python: $PY ($("$PY" --version 2>&1))"
 

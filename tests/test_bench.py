@@ -84,3 +84,38 @@ def test_bench_quick_writes_every_key(tmp_path):
         _get(result, key)
     assert result["quick"] is True and result["preset"] == "tiny"
     assert "median" in result["timing"]
+
+
+def test_gpu_check_budgets_end_before_the_limit_and_a_cut_stage_keeps_its_figures(
+    tmp_path, monkeypatch
+):
+    """The stage budgets count from the shell's start and end 30 s before its timeout; a
+    SIGTERM (the timeout) inside a stage saves what the stage had measured."""
+    import signal
+    import time
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import gpu_check as gc
+
+    started = time.time() - 5.0  # the shell started 5 s ago
+    b = gc.Budget(gc.GPU_BUDGETS, limit=480, started_at=started)
+    assert sum(b.budgets.values()) == pytest.approx(450, abs=0.5)
+    assert 4.5 < b.elapsed() < 30 and b.ends["embed"] == pytest.approx(450, abs=0.5)
+    assert gc.Budget(gc.GPU_BUDGETS).budgets == gc.GPU_BUDGETS  # no limit: as written
+
+    report = gc.Report(tmp_path / "r.json")
+    old = signal.signal(signal.SIGTERM, gc._cut_short)
+
+    def long_stage(out):
+        out["first_figure"] = 1.5
+        os.kill(os.getpid(), signal.SIGTERM)
+        out["never"] = True
+
+    try:
+        with pytest.raises(gc.CutShort):
+            gc.stage(report, b, "train")(long_stage, partial=True)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    saved = json.loads((tmp_path / "r.json").read_text())["stages"]["train"]
+    assert saved["first_figure"] == 1.5 and "never" not in saved
+    assert saved["status"] == "cut short by the time limit"

@@ -37,6 +37,10 @@ def test_run_folder_outputs_exist_and_parse(tmp_path, tiny_data):
     assert set(metrics["valid"]) >= {"AUC", "logloss", "gAUC"}
     assert 0.5 < metrics["valid"]["AUC"] <= 1.0
     assert len(metrics["history"]) == 2 and "test" in metrics
+    epochs = metrics["epoch_seconds"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(0 < e["loop_seconds"] <= e["seconds"] for e in epochs)
+    assert sum(e["seconds"] for e in epochs) <= metrics["train_seconds"]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log1 = (run / "train.log").read_text()
     assert "tiny_exp" in log1 and "best valid" in log1

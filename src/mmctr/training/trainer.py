@@ -244,8 +244,13 @@ def _window_sizes(
     return [sum(sizes[i : i + accumulation]) for i in range(0, len(sizes), accumulation)]
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
+    """``curves.png``: train loss, valid AUC and logloss per evaluation. False (nothing
+    written) without matplotlib: a finished run must not fail on its plot."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -265,6 +270,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
+    return True
 
 
 def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -540,8 +546,10 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             ckpt_io.save_last(last_path, model, optimizer, state.__dict__, cfg_dict, rng)
 
     t_train = time.perf_counter()
+    epoch_times: list[dict[str, float]] = []
     while state.epoch < t.epochs and not state.stopped:
         epoch = state.epoch
+        t_epoch = time.perf_counter()
         loader.set_epoch(epoch)
         net_model.train()
         guard.reset_loss()
@@ -598,6 +606,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 if i + 1 < n_batches:  # a kill from here on loses only steps since this one
                     save_last(i + 1, loss_sum, seen)
         loss_sum, seen = checked_loss(epoch, n_batches)
+        loop_seconds = time.perf_counter() - t_epoch
         state.epoch = epoch + 1
         total_seen = int(dist.all_reduce_sum(seen))
         train_loss = dist.all_reduce_sum(loss_sum) / max(total_seen, 1)
@@ -614,6 +623,13 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             time.perf_counter() - t_train,
             f" ({graphed.summary()})" if graphed is not None else "",
         )
+        epoch_times.append(
+            {
+                "epoch": state.epoch,
+                "loop_seconds": loop_seconds,
+                "seconds": time.perf_counter() - t_epoch,
+            }
+        )
         save_last(0)
         dist.barrier()
 
@@ -629,10 +645,16 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     results["history"] = [h for h in state.history if "AUC" in h]
     results["best_step"] = best.get("step")
     results["epochs"] = state.epoch
+    # Per epoch run here (not a resumed run's earlier ones): ``loop_seconds`` the training
+    # batches (and any eval_steps evaluations), ``seconds`` that plus the epoch-end
+    # evaluation and best checkpoint. ``train_seconds``: everything since the first batch,
+    # the final scoring of valid and test with the best weights included.
+    results["epoch_seconds"] = epoch_times
     results["train_seconds"] = time.perf_counter() - t_train
     if main:
         atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(results), indent=2))
-        plot_curves(results["history"], run_dir / "curves.png")
+        if not plot_curves(results["history"], run_dir / "curves.png"):
+            log.warning("matplotlib is not installed: no curves.png (metrics.json has the history)")
     log.info("best valid: %s", _fmt(results["valid"]))
     if "test" in results:
         log.info("test: %s", _fmt(results["test"]))

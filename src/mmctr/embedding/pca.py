@@ -78,14 +78,21 @@ def fit_pca(
 
 
 def project(raw: np.ndarray, pca: PCAProjection) -> np.ndarray:
-    """(N, raw_dim) raw features -> (N, dim) float32: ``(raw - mean) @ components.T``."""
+    """(N, raw_dim) raw features -> (N, dim) float32: ``(raw - mean) @ components.T``.
+
+    Each row's vector depends on that row alone, bit for bit: einsum's own loops sum every
+    row in the same order, where a BLAS product blocks the matrix by its size, so adding one
+    item could move another item's vector in the last bit (``--pca`` promises none moves).
+    91,718 items take ~3.5 s on two cores (the BLAS product ~1 s).
+    """
     raw = np.asarray(raw, dtype=np.float32)
     if raw.ndim != 2 or raw.shape[1] != pca.raw_dim:
         raise EmbeddingError(
             f"features of shape {raw.shape} do not fit this PCA (raw width {pca.raw_dim})"
         )
     centred = raw.astype(np.float64) - pca.mean.astype(np.float64)
-    return (centred @ pca.components.astype(np.float64).T).astype(np.float32)
+    components = pca.components.astype(np.float64)
+    return np.einsum("ij,kj->ik", centred, components, optimize=False).astype(np.float32)
 
 
 def save_pca(pca: PCAProjection, path: str | os.PathLike) -> None:

@@ -37,12 +37,13 @@ matrix products (very slowly); there the fp32/bf16 pair uses the demo architectu
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,12 +172,6 @@ class StepRunner:
         self.model = build_model(cfg.model, cfg.dataset, items).to(device)
         if sequence_chunks is not None and hasattr(self.model, "sequence"):
             self.model.sequence.length_chunks = sequence_chunks  # default: by device
-        if untrimmed:  # the peers' compute: every history column through the Transformer
-            self.model.min_seq_len = int(cfg.trainer.max_len or 100)
-            if hasattr(self.model, "sequence"):
-                self.model.sequence.length_chunks = False
-            if hasattr(self.model, "cross"):  # nor the cross network's padding skipped
-                self.model.cross.skip_zeros = False
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = make_optimizer(
             t.optimizer, self.model.parameters(), t.learning_rate, t.weight_decay
@@ -188,12 +183,20 @@ class StepRunner:
             seed=t.seed,
             device=device,
             min_seq_len=self.min_seq_len,
-            trim_padding=t.trim_padding and not untrimmed and not cuda_graphs,
+            trim_padding=t.trim_padding and not cuda_graphs,
             bucket_by_length=t.bucket_by_length,
             on_device=t.data_on_device,
             pin_memory=t.pin_memory,
         )
         self.batches = _cycle(self.loader)
+        seq, cross = getattr(self.model, "sequence", None), getattr(self.model, "cross", None)
+        self._ours = (
+            self.model.min_seq_len,
+            seq.length_chunks if seq is not None else None,
+            cross.skip_zeros if cross is not None else None,
+            self.loader.trim_padding,
+        )
+        self.set_untrimmed(untrimmed)
         # host_syncs: the step as it was before the guard, with two host waits per step (the
         # model reading the longest history, the trainer reading the loss): side by side.
         self.host_syncs = host_syncs
@@ -219,6 +222,20 @@ class StepRunner:
                 self.train_step.whole, self.optimizer, device, full_rows=t.batch_size
             )
         self.model.train()
+
+    def set_untrimmed(self, on: bool) -> None:
+        """Switch this runner (same weights, optimizer and batch stream) between our step and
+        the peers' compute pattern: every history column through the Transformer (no
+        trimming, no length chunks) and the dense cross network."""
+        seq, cross = getattr(self.model, "sequence", None), getattr(self.model, "cross", None)
+        min_len, chunks, skip, trim = self._ours
+        self.model.min_seq_len = int(self.cfg.trainer.max_len or 100) if on else min_len
+        if seq is not None:
+            seq.length_chunks = False if on else chunks
+        if cross is not None:
+            cross.skip_zeros = False if on else skip
+        self.loader.trim_padding = trim and not on
+        self.untrimmed = on
 
     def step(self, parts: dict[str, float] | None = None, batch: dict | None = None) -> int:
         """One optimizer step (on the next batch, or ``batch``); adds loader/optimizer
@@ -310,6 +327,53 @@ def interleaved(
             n, sec = r.run_steps(steps)
             rates[label].append(n / sec)
             bd.log(f"{name} repeat {rep + 1}: {label}: {n / sec:.1f} samples/s")
+    return rates
+
+
+def toggled(
+    name: str,
+    runner: StepRunner,
+    modes: dict[str, Callable[[], None]],
+    steps: int,
+    repeats: int,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """samples/s of ONE runner switched between ``modes`` (label -> puts the runner in that
+    mode), side by side on the same rows: every repeat draws ``steps`` batches of row indices
+    once and each mode runs them, gathered afresh under its own loader settings; the order of
+    the modes alternates between repeats, after one warm-up step per mode. Same weights and
+    memory for every mode: two models side by side drift apart on a shared machine."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n, b = runner.loader.split.n_rows, runner.batch_size
+    labels = list(modes)
+
+    def run(label: str, rows: list) -> float:
+        modes[label]()
+        batches = [runner.loader.gather(idx) for idx in rows]
+        runner.sync()
+        t = time.perf_counter()
+        samples = sum(runner.step(batch=batch) for batch in batches)
+        runner.sync()
+        sec = time.perf_counter() - t
+        runner.check()
+        return samples / sec
+
+    def draw(k: int) -> list:
+        import torch
+
+        return [torch.from_numpy(rng.choice(n, min(b, n), replace=False)) for _ in range(k)]
+
+    warm = draw(1)
+    for label in labels:
+        run(label, warm)
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    for rep in range(repeats):
+        rows = draw(steps)
+        for label in labels if rep % 2 == 0 else labels[::-1]:
+            rates[label].append(run(label, rows))
+            bd.log(f"{name} repeat {rep + 1}: {label}: {rates[label][-1]:.1f} samples/s")
     return rates
 
 
@@ -679,27 +743,43 @@ def run(args) -> dict[str, Any]:
         steps = dict.fromkeys(steps, args.train_steps)
     result["train"] = {}
 
-    def fp32_steps(name: str, **kwargs) -> dict[str, Any]:
-        """measure_train for experiment ``name`` in fp32 on the bench's training split."""
-        expid = EXPERIMENTS[name]
-        tcfg = bd.bench_config(expid, data_dir, [*arch, "bf16=false"])
+    from mmctr.training.trainer import use_bf16
+
+    def train_config(name: str):
+        tcfg = bd.bench_config(EXPERIMENTS[name], data_dir, arch)
         if tcfg.trainer.max_len != cfg.trainer.max_len:
-            raise SystemExit(f"{expid}: max_len {tcfg.trainer.max_len} differs from the loader's")
-        return measure_train(tcfg, items, train, device, bf16=False, steps=steps[name], **kwargs)
+            raise SystemExit(
+                f"{tcfg.expid}: max_len {tcfg.trainer.max_len} differs from the loader's"
+            )
+        return tcfg
 
     for name, expid in EXPERIMENTS.items():
-        tr = fp32_steps(name, repeats=repeats, keep_model=name == "seed")
-        runner = tr.pop("_runner", None)
+        # the precision the trainer would use: the config's bf16 (auto: AMX/AVX512-BF16 CPUs
+        # and CUDA GPUs), so a target is judged on what training runs
+        tcfg = train_config(name)
+        bf16 = use_bf16(tcfg.trainer.bf16, device)
+        tr = measure_train(
+            tcfg,
+            items,
+            train,
+            device,
+            bf16=bf16,
+            steps=steps[name],
+            repeats=repeats,
+            keep_model=True,
+        )
+        runner = tr.pop("_runner")
+        tr["precision"] = f"{'bf16' if bf16 else 'fp32'} (bf16: {tcfg.trainer.bf16!r})"
         if quick:
             tr["overrides"] = small
         result["train"][name] = tr
         log(
             f"train {name:5s} ({expid}, batch {tr['batch_size']}, "
-            f"{tr['trainable_parameters']:,} parameters, fp32): "
+            f"{tr['trainable_parameters']:,} parameters, {tr['precision']}): "
             f"{tr['samples_per_s']:,.1f} samples/s, {tr['step_seconds']:.3f} s/step"
         )
         log(_describe_breakdown(name, tr))
-        if runner is not None:  # prediction with the seed model, then free it (one model at a time)
+        if name == "seed":  # prediction with the seed model
             pred_rows = valid.n_rows if quick else args.predict_rows
             pred = measure_predict(runner, valid, pred_rows, repeats=repeats)
             result["predict"] = pred
@@ -707,24 +787,35 @@ def run(args) -> dict[str, Any]:
                 f"predict ({pred['expid']}, {pred['rows']:,} {pred['split']} rows, eval batch "
                 f"{pred['eval_batch_size']}): {pred['samples_per_s']:,.1f} samples/s"
             )
-            del runner
-
-    # ---- the same steps without padding removal: the peers' compute pattern, side by side
-    for name in EXPERIMENTS:
-        ut = fp32_steps(name, repeats=1, breakdown=False, untrimmed=True)
-        ours = result["train"][name]
-        ours["untrimmed"] = {
-            "samples_per_s": ut["samples_per_s"],
-            "step_seconds": ut["step_seconds"],
-            "repeats": 1,
-            "what": "same model and batches, every history column through the Transformer "
-            "(no trimming, no length chunks): the peers' compute pattern",
-        }
-        ours["speedup_vs_untrimmed"] = ours["samples_per_s"] / ut["samples_per_s"]
-        log(
-            f"train {name:5s} untrimmed (the peers' compute pattern): "
-            f"{ut['samples_per_s']:,.1f} samples/s -> ours {ours['speedup_vs_untrimmed']:.2f}x"
+        # the same model without padding removal (the peers' compute pattern), side by side:
+        # one model switched between the two, on the same rows, the order alternating
+        rates = toggled(
+            f"train {name} vs untrimmed",
+            runner,
+            {
+                "ours": functools.partial(runner.set_untrimmed, False),
+                "untrimmed": functools.partial(runner.set_untrimmed, True),
+            },
+            steps[name],
+            repeats,
+            seed=tcfg.trainer.seed,
         )
+        ours_rate, ut_rate = bd.median(rates["ours"]), bd.median(rates["untrimmed"])
+        tr["untrimmed"] = {
+            "samples_per_s": ut_rate,
+            "ours_samples_per_s": ours_rate,
+            "per_repeat": rates,
+            "repeats": repeats,
+            "what": "same model, weights and rows, every history column through the "
+            "Transformer (no trimming, no length chunks) and the dense cross network: the "
+            "peers' compute pattern; measured against ours in turns (ours_samples_per_s)",
+        }
+        tr["speedup_vs_untrimmed"] = ours_rate / ut_rate
+        log(
+            f"train {name:5s} untrimmed (the peers' compute pattern): {ut_rate:,.1f} samples/s "
+            f"against ours {ours_rate:,.1f} in turns -> {tr['speedup_vs_untrimmed']:.2f}x"
+        )
+        del runner
 
     # ---- fp32 against bf16 on the same step
     native = native_bf16(device)

@@ -9,8 +9,9 @@ Two measurements, each interleaved (the variants take turns within every repeat)
 1. the cross network alone, forward + backward, on inputs whose padding blocks follow the
    split's real history lengths, for several ``group_overhead_rows`` settings;
 2. whole training steps (:class:`bench.StepRunner`, the trainer's step): one model whose
-   ``skip_zeros`` is switched on and off between repeats (same weights, memory and batch
-   stream; two separate models measured 0.93x-1.39x apart run to run on this machine).
+   ``skip_zeros`` is switched on and off (:func:`bench.toggled`: the same rows for both, the
+   order alternating between repeats, both warmed up; two separate models measured
+   0.93x-1.39x apart run to run on this machine).
 Prints samples/s per repeat, the medians, their ratios, and the share of the dense cross
 network's multiply-adds that skipping leaves.
 """
@@ -98,14 +99,18 @@ def whole_steps(name, cfg, items, split, steps: int, repeats: int) -> dict:
     import torch
 
     runner = bench.StepRunner(cfg, items, split, torch.device("cpu"), False)
-    runner.run_steps(1)  # warm-up
-    rates: dict[str, list[float]] = {"skip": [], "dense": []}
-    for rep in range(repeats):
-        for label in rates:
-            runner.model.cross.skip_zeros = label == "skip"
-            n, sec = runner.run_steps(steps)
-            rates[label].append(n / sec)
-            bd.log(f"{name} repeat {rep + 1}: {label}: {n / sec:.1f} samples/s")
+    cross = runner.model.cross
+
+    def mode(skip: bool):
+        def set_mode() -> None:
+            cross.skip_zeros = skip
+
+        return set_mode
+
+    rates = bench.toggled(
+        name, runner, {"skip": mode(True), "dense": mode(False)}, steps, repeats, cfg.trainer.seed
+    )
+    cross.skip_zeros = None
     runner.close()
     out = {
         label: {"samples_per_s": statistics.median(v), "per_repeat": v}

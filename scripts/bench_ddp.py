@@ -26,6 +26,36 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers import write_experiment  # noqa: E402  (the same tiny config the tests use)
 
+STDERR_TAIL = 4000  # characters of a failed child's stderr shown
+
+
+class ChildFailed(RuntimeError):
+    """A torchrun child exited non-zero; the message carries its stderr tail."""
+
+
+def set_item_vocab(cfg_dir: Path, item_info: Path) -> int:
+    """Point ``item_id``'s vocab_size at the rows of ``item_info`` (padding row 0 included).
+
+    ``write_experiment`` writes the tiny preset's 300 items; every other preset has more item
+    ids, which the data contract rejects. Returns the vocab_size written.
+    """
+    import pyarrow.parquet as pq
+    import yaml
+
+    n_items = pq.read_metadata(item_info).num_rows
+    path = cfg_dir / "dataset_config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    found = 0
+    for block in cfg.values():
+        for feat in block["feature_cols"]:
+            if feat["name"] == "item_id":
+                feat["vocab_size"] = n_items
+                found += 1
+    if not found:
+        raise ValueError(f"{path}: no item_id feature to size")
+    path.write_text(yaml.safe_dump(cfg))
+    return n_items
+
 
 def run(nproc: int, cfg_dir: Path, expid: str, gpu: int, workdir: Path) -> dict:
     env = {
@@ -48,7 +78,13 @@ def run(nproc: int, cfg_dir: Path, expid: str, gpu: int, workdir: Path) -> dict:
         str(gpu),
         "--no-progress",
     ]
-    subprocess.run(cmd, check=True, cwd=workdir, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout or "")[-STDERR_TAIL:]
+        raise ChildFailed(
+            f"torchrun with {nproc} process(es) exited with status {proc.returncode}\n"
+            f"command: {' '.join(cmd)}\n--- stderr (last {STDERR_TAIL} characters) ---\n{tail}"
+        )
     return json.loads((workdir / "ckpt" / "tiny" / expid / "metrics.json").read_text())
 
 
@@ -60,6 +96,8 @@ def main() -> int:
     p.add_argument("--gpu", type=int, default=-1)
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.batch_size < 2:
+        p.error("--batch-size must be at least 2 (it is split over 2 processes)")
     from mmctr.data.demo import generate
 
     out = {}
@@ -76,10 +114,21 @@ def main() -> int:
                 batch_size=args.batch_size // nproc,
                 early_stop_patience=args.epochs + 1,
             )
-            m = run(nproc, cfg_dir, expid, args.gpu, work)
+            set_item_vocab(cfg_dir, Path(info["paths"]["item_info"]))
+            try:
+                m = run(nproc, cfg_dir, expid, args.gpu, work)
+            except ChildFailed as exc:
+                print(f"bench_ddp: {exc}", file=sys.stderr)
+                print(
+                    f"bench_ddp: FAILED (preset {args.preset}, {nproc} process(es)); no results",
+                    file=sys.stderr,
+                )
+                return 1
+            loop = sum(e["loop_seconds"] for e in m["epoch_seconds"])  # training batches only
             out[f"procs_{nproc}"] = {
-                "samples_per_s": rows * m["epochs"] / m["train_seconds"],
-                "train_seconds": m["train_seconds"],
+                "samples_per_s": rows * m["epochs"] / loop,
+                "train_seconds": loop,
+                "train_call_seconds": m["train_seconds"],
                 "valid_AUC": m["valid"]["AUC"],
             }
     device = "cpu" if args.gpu < 0 else f"cuda (gpu {args.gpu}+)"
@@ -96,7 +145,10 @@ def main() -> int:
     print(f"2 vs 1 process: {ratio:.2f}x")
     out["ratio_2_vs_1"] = ratio
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        from mmctr.utils import atomic_write_text  # creates missing parent folders
+
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+        print(f"results: {args.json}")
     return 0
 
 

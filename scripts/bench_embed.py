@@ -15,12 +15,20 @@ Models: the ViT-B/32 architecture (openai/clip-vit-base-patch32's shape, random 
 speed does not depend on the weights) and the tiny test model. Devices: the CPU, and all
 visible GPUs (DataParallel, bf16 autocast) when CUDA is available. The images are synthetic
 JPEGs (smooth colour fields + noise) of --image-size pixels.
+
+Batches: the model stage uses the device's batch (large on a GPU); the decode and end-to-end
+stages use at most that, small enough that every decode worker gets at least
+MIN_BATCHES_PER_WORKER batches (a DataLoader hands whole batches to its workers: one batch of
+all the images would be decoded by one worker), end-to-end no smaller than MIN_E2E_BATCH.
+With CUDA more images are generated, so that the GPU end-to-end run keeps sizeable batches.
+Each line prints its batch, its images and the decode workers that got any batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -30,6 +38,68 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# defaults: full run / --quick
+N_IMAGES = {"full": 512, "quick": 32}  # images per pass (CPU)
+N_IMAGES_CUDA = {"full": 4096, "quick": 1024}  # with CUDA: enough for GPU-sized batches
+IMAGE_SIZE = {"full": (480, 360), "quick": (320, 240)}
+REPEATS = {"full": 5, "quick": 2}  # timed repeats of decode and model
+E2E_REPEATS = {"full": 3, "quick": 1}
+MODEL_BATCH = {  # images per model call
+    "cpu": {"full": {"vit-b32": 64, "tiny": 256}, "quick": {"vit-b32": 4, "tiny": 32}},
+    "cuda": {"full": {"vit-b32": 1024, "tiny": 1024}, "quick": {"vit-b32": 256, "tiny": 1024}},
+}
+# a ViT-B/32 forward costs ~4.4 GFLOP per image: a few images only on a small CPU
+VIT_CPU_E2E_IMAGES_QUICK = 4
+MIN_BATCHES_PER_WORKER = 4
+# end-to-end: no model call on fewer images than this (or the model batch, if smaller); with
+# very few images (ViT-B/32 on the CPU) the model, not the decode, is what is timed there
+MIN_E2E_BATCH = 8
+
+
+def pick_batch(n_images: int, num_workers: int, cap: int, floor: int = 1) -> int:
+    """The largest batch <= ``cap`` that gives each of ``num_workers`` decode workers (0: in
+    process, counted as one) at least MIN_BATCHES_PER_WORKER batches of ``n_images``, but not
+    below ``min(cap, floor)`` nor 1 (too few images: fewer batches per worker)."""
+    slots = max(1, num_workers) * MIN_BATCHES_PER_WORKER
+    return max(1, min(cap, floor), min(cap, n_images // slots))
+
+
+def busy_workers(n_images: int, batch_size: int, num_workers: int) -> int:
+    """Decode workers that get any batch: the DataLoader hands whole batches round robin."""
+    if num_workers <= 0:
+        return 0
+    return min(num_workers, math.ceil(n_images / batch_size))
+
+
+def plan(
+    archs: list[str], *, quick: bool, cuda: bool, num_workers: int, n_images: int | None = None
+) -> dict:
+    """Image counts and batch sizes of every stage; no torch, so the CUDA plan can be checked
+    on any machine. ``n_images``: --n-images (None: the defaults).
+
+    Returns ``{"n_images": images generated (the decode stage reads them all),
+    "decode_batch": {arch: batch}, "devices": {"cpu" | "cuda": {arch: {"model_batch",
+    "e2e_images", "e2e_batch"}}}}`` ("cuda" only with ``cuda``).
+    """
+    mode = "quick" if quick else "full"
+    n_cpu = n_images or N_IMAGES[mode]
+    n_gpu = n_images or max(n_cpu, N_IMAGES_CUDA[mode])
+    n_all = n_gpu if cuda else n_cpu
+    cpu_e2e = {"vit-b32": VIT_CPU_E2E_IMAGES_QUICK if quick else n_cpu}
+    devices: dict[str, dict[str, dict[str, int]]] = {}
+    for kind in ("cpu", "cuda") if cuda else ("cpu",):
+        devices[kind] = {}
+        for arch in archs:
+            model_batch = MODEL_BATCH[kind][mode][arch]
+            n_e2e = cpu_e2e.get(arch, n_cpu) if kind == "cpu" else n_gpu
+            devices[kind][arch] = {
+                "model_batch": model_batch,
+                "e2e_images": n_e2e,
+                "e2e_batch": pick_batch(n_e2e, num_workers, model_batch, MIN_E2E_BATCH),
+            }
+    decode = {a: pick_batch(n_all, num_workers, MODEL_BATCH["cpu"][mode][a]) for a in archs}
+    return {"n_images": n_all, "decode_batch": decode, "devices": devices}
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -120,9 +190,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few images and repeats (< 1 minute)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--n-images", type=int, help="images per pass (default 512; quick 48)")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("W", "H"), help="JPEG size")
-    p.add_argument("--repeats", type=int, help="timed repeats (default 5; quick 3)")
+    p.add_argument(
+        "--n-images",
+        type=int,
+        help=f"images generated and decoded per pass (default {N_IMAGES['full']}, quick "
+        f"{N_IMAGES['quick']}; with CUDA {N_IMAGES_CUDA['full']}, quick "
+        f"{N_IMAGES_CUDA['quick']}, the CPU end-to-end run keeping the CPU count)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="JPEG size (default {}x{}; quick {}x{})".format(
+            *IMAGE_SIZE["full"], *IMAGE_SIZE["quick"]
+        ),
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help=f"timed repeats (default {REPEATS['full']}; quick {REPEATS['quick']}); "
+        f"end-to-end: {E2E_REPEATS['full']}; quick {E2E_REPEATS['quick']}",
+    )
     p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--archs", nargs="+", default=["vit-b32", "tiny"], help="vit-b32 tiny")
     p.add_argument("--cpu-only", action="store_true", help="skip the GPUs")
@@ -141,30 +230,38 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     quick = args.quick
-    n_images = args.n_images or (32 if quick else 512)
-    size = tuple(args.image_size or ((320, 240) if quick else (480, 360)))
-    repeats = args.repeats or (2 if quick else 5)
-    e2e_repeats = 1 if quick else 3
+    mode = "quick" if quick else "full"
+    if args.n_images is not None and args.n_images < 1:
+        p.error("--n-images must be at least 1")
+    bad = sorted(set(args.archs) - set(MODEL_BATCH["cpu"][mode]))
+    if bad:
+        p.error(f"unknown --archs {bad}; choose from {sorted(MODEL_BATCH['cpu'][mode])}")
+    num_workers = args.num_workers
+    cuda = torch.cuda.is_available() and not args.cpu_only
+    runs = plan(args.archs, quick=quick, cuda=cuda, num_workers=num_workers, n_images=args.n_images)
+    n_images = runs["n_images"]
+    size = tuple(args.image_size or IMAGE_SIZE[mode])
+    repeats = args.repeats or REPEATS[mode]
+    e2e_repeats = E2E_REPEATS[mode]
     warmup = 1
-    batch = {"vit-b32": 4 if quick else 64, "tiny": 32 if quick else 256}
-    # a ViT-B/32 forward costs ~4.4 GFLOP per image: a few images only on a small CPU
-    e2e_images = {"vit-b32": 4 if quick else n_images, "tiny": n_images}
-    devices = [("cpu", -1)]
-    if torch.cuda.is_available() and not args.cpu_only:
-        n_gpu = torch.cuda.device_count()
-        devices.append((f"cuda x{n_gpu}", list(range(n_gpu))))
-        batch = {"vit-b32": 256 if quick else 1024, "tiny": 1024}
+    # (name, gpu argument, per arch: model batch, end-to-end images and batch)
+    devices = [("cpu", -1, runs["devices"]["cpu"])]
+    if cuda:
+        n_dev = torch.cuda.device_count()
+        devices.append((f"cuda x{n_dev}", list(range(n_dev)), runs["devices"]["cuda"]))
 
     results = []
 
-    def record(arch, device, stage, rate, seconds, bs, n, reps):
+    def record(arch, device, stage, rate, seconds, bs, n, reps, workers=None):
         results.append(
             dict(arch=arch, device=device, stage=stage, images_per_s=round(rate, 2))
             | dict(seconds=round(seconds, 4), batch_size=bs, n_images=n, repeats=reps)
+            | ({} if workers is None else {"decode_workers": workers})
         )
+        used = "" if workers is None else f", {workers} decode worker(s)"
         print(
             f"{arch:8s} {device:9s} {stage:11s} {rate:10.1f} img/s"
-            f"   (batch {bs}, {n} images, median of {reps})",
+            f"   (batch {bs}, {n} images{used}, median of {reps})",
             flush=True,
         )
 
@@ -176,45 +273,49 @@ def main(argv: list[str] | None = None) -> int:
         import pyarrow.parquet as pq
 
         infos = {}
-        for n in sorted({n_images, *e2e_images.values()}):
+        counts = {n_images} | {r["e2e_images"] for *_, by in devices for r in by.values()}
+        for n in sorted(counts):
             infos[n] = tmp / f"item_info_{n}.parquet"
             pq.write_table(pa.table({"item_id": pa.array(range(n + 1), pa.int64())}), infos[n])
         paths = [str(images / f"{i}.jpg") for i in range(1, n_images + 1)]
         print(
-            f"{n_images} synthetic {size[0]}x{size[1]} JPEGs, {args.num_workers} decode "
-            f"worker(s), torch {torch.__version__}, {os.cpu_count()} CPU(s)",
+            f"{n_images} synthetic {size[0]}x{size[1]} JPEGs, up to {num_workers} decode "
+            f"worker(s) (each line: those that got batches), torch {torch.__version__}, "
+            f"{os.cpu_count()} CPU(s)",
             flush=True,
         )
         for arch in args.archs:
             model_dir = build_random_clip(tmp / arch, arch=arch, seed=0)
             spec = describe_model(str(model_dir))
             crop = spec.processor.crop_size["height"]
-            rate, sec = bench_decode(
-                spec.processor, paths, batch[arch], args.num_workers, repeats, warmup
-            )
-            record(arch, "cpu", "decode", rate, sec, batch[arch], n_images, repeats)
+            bs = runs["decode_batch"][arch]
+            rate, sec = bench_decode(spec.processor, paths, bs, num_workers, repeats, warmup)
+            used = busy_workers(n_images, bs, num_workers)
+            record(arch, "cpu", "decode", rate, sec, bs, n_images, repeats, used)
             model = load_image_model(spec)
-            for dev_name, gpu in devices:
+            for dev_name, gpu, by_arch in devices:
+                run = by_arch[arch]
                 device = torch.device("cpu" if gpu == -1 else f"cuda:{gpu[0]}")
                 devs = [device] if gpu == -1 else [torch.device(f"cuda:{g}") for g in gpu]
                 extractor = ImageFeatureExtractor(model, resolve_amp(None, device))
                 runner = make_parallel(extractor, devs)
-                bs = batch[arch]
+                bs = run["model_batch"]
                 rate, sec = bench_model(runner, crop, bs, device, repeats, warmup)
                 record(arch, dev_name, "model", rate, sec, bs, bs, repeats)
-                n_e2e = e2e_images[arch] if gpu == -1 else n_images
+                n_e2e, bs = run["e2e_images"], run["e2e_batch"]
                 rate, sec = bench_end_to_end(
                     model_dir,
                     infos[n_e2e],
                     images,
                     gpu,
                     bs,
-                    args.num_workers,
+                    num_workers,
                     e2e_repeats,
                     min(16, n_e2e, spec.raw_dim or 16),
                     tmp / f"e2e_{arch}_{gpu if gpu == -1 else 'cuda'}",
                 )
-                record(arch, dev_name, "end-to-end", rate, sec, bs, n_e2e, e2e_repeats)
+                used = busy_workers(n_e2e, bs, num_workers)
+                record(arch, dev_name, "end-to-end", rate, sec, bs, n_e2e, e2e_repeats, used)
                 model.to("cpu")
 
     print(f"total {time.perf_counter() - started:.1f} s (setup and imports included)")
@@ -233,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             else [],
             "quick": quick,
             "image_size": list(size),
-            "num_workers": args.num_workers,
+            "num_workers": num_workers,
+            "min_batches_per_worker": MIN_BATCHES_PER_WORKER,
         }
         atomic_write_text(args.json, json.dumps({"env": env, "results": results}, indent=2))
         print(f"results: {args.json}")

@@ -574,28 +574,36 @@ def _rank_main(rank: int, port: int, kwargs: dict, queue) -> None:
         raise
 
 
-@pytest.mark.timeout(90)
-def test_torchrun_ranks_share_the_work_and_match_one_process(tiny_clip, tmp_path):
-    """Two ranks as torchrun starts them (RANK / WORLD_SIZE / LOCAL_RANK), forked so that
-    they skip the imports: rank 1 encodes shard 1, rank 0 shards 0 and 2 and writes."""
+def _two_ranks(kwargs: dict) -> dict:
+    """``generate_embeddings(**kwargs)`` on two ranks as torchrun starts them, forked so that
+    they skip the imports -> {rank: its summary}; both must exit 0."""
     import multiprocessing as mp
 
-    info, images = make_items(tmp_path)
-    kw = dict(model=str(tiny_clip), dim=DIM, shard_size=16, num_workers=0, progress=False)
-    single = generate_embeddings(info, images, out=tmp_path / "single.parquet", **kw)
-
-    out = tmp_path / "dist" / "item_info.parquet"
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = _free_port()
-    kw.update(item_info=info, image_dir=images, out=out, gpu=-1)
-    procs = [ctx.Process(target=_rank_main, args=(r, port, kw, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_rank_main, args=(r, port, kwargs, queue)) for r in range(2)]
     for p in procs:
         p.start()
     results = dict(queue.get(timeout=80) for _ in procs)
     for p in procs:
         p.join(timeout=30)
     assert [p.exitcode for p in procs] == [0, 0], results
+    return results
+
+
+@pytest.mark.timeout(90)
+def test_torchrun_ranks_share_the_work_and_match_one_process(tiny_clip, tmp_path):
+    """Two ranks as torchrun starts them (RANK / WORLD_SIZE / LOCAL_RANK), forked so that
+    they skip the imports: rank 1 encodes shard 1, rank 0 shards 0 and 2 and writes."""
+
+    info, images = make_items(tmp_path)
+    kw = dict(model=str(tiny_clip), dim=DIM, shard_size=16, num_workers=0, progress=False)
+    single = generate_embeddings(info, images, out=tmp_path / "single.parquet", **kw)
+
+    out = tmp_path / "dist" / "item_info.parquet"
+    kw.update(item_info=info, image_dir=images, out=out, gpu=-1)
+    results = _two_ranks(kw)
     assert results[1]["role"] == "worker" and results[1]["out"] is None
     assert results[1]["shards_computed"] == [1] and results[1]["images_encoded"] == 16
     assert results[0]["role"] == "main"
@@ -836,7 +844,6 @@ def test_column_width_that_contradicts_its_name_is_warned(tmp_path: Path) -> Non
 def test_torchrun_ranks_with_node_local_image_copies(tiny_clip, tmp_path):
     """Each node has its own copy of the image folder (same names and sizes, other mtimes):
     every rank keys its shards by rank 0's fingerprints, so rank 0 accepts them."""
-    import multiprocessing as mp
     import shutil
 
     info, images = make_items(tmp_path)
@@ -847,17 +854,8 @@ def test_torchrun_ranks_with_node_local_image_copies(tiny_clip, tmp_path):
     single = generate_embeddings(info, images, out=tmp_path / "single.parquet", **kw)
 
     out = tmp_path / "dist" / "item_info.parquet"
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
     kw.update(item_info=info, image_dirs=[images, node1], out=out, gpu=-1)
     kw["cache_dir"] = tmp_path / "shared_cache"
-    port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, port, kw, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=80) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
-    assert [p.exitcode for p in procs] == [0, 0], results
+    results = _two_ranks(kw)
     assert results[0]["counts"] == single["counts"]
     np.testing.assert_allclose(_vectors(out), _vectors(tmp_path / "single.parquet"), atol=1e-5)

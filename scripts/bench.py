@@ -180,6 +180,9 @@ class StepRunner:
 
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
+        from mmctr.utils import keep_freed_memory
+
+        keep_freed_memory()  # as train() does (MMCTR_MALLOC=default measures without it)
         t = cfg.trainer
         self.cfg, self.device, self.bf16 = cfg, device, bf16
         self.batch_size = t.batch_size

@@ -288,3 +288,29 @@ def test_a_config_the_model_refuses_fails_under_check_and_leaves_a_finished_run_
         run_cli(lambda: main(args))
     assert exit_info.value.code == 0
     assert "its data files and model are valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "malloc keeps freed memory"),
+        ({"MMCTR_MALLOC": "default"}, "glibc malloc defaults"),
+        ({"MALLOC_ARENA_MAX": "2"}, "as the MALLOC_* environment sets it"),
+    ],
+)
+def test_keep_freed_memory_is_on_by_default_and_yields_to_the_user(env, expected):
+    """train() makes glibc keep freed memory (big activation blocks reused, not re-faulted);
+    MMCTR_MALLOC=default or any MALLOC_* variable of the user's leaves malloc alone."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "MMCTR_"))}
+    code = "from mmctr.utils import keep_freed_memory as k; a = k(); print(a == k(), a)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("True ") and expected in out

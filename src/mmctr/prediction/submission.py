@@ -21,7 +21,7 @@ from mmctr.data.dataset import read_split
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.metrics import auc
 from mmctr.training.trainer import predict_probs, run_dir_of, use_bf16
-from mmctr.utils import atomic_open, resolve_device
+from mmctr.utils import atomic_open, keep_freed_memory, resolve_device
 
 SUBMISSION_COLUMNS = ("Task1", "Task2", "Task1&2")
 
@@ -140,6 +140,7 @@ def predict_submission(
                 f"(train it first: python run_expid.py --config {config_dir} --expid {expid})"
             )
     _output_paths(out_dir, expid)  # a bad --out fails now, not after the scoring
+    keep_freed_memory()  # as in training: big activation blocks are reused, not re-faulted
     device = resolve_device(gpu)
     model, cfg, ckpt = ckpt_io.load_model(checkpoint, device)
     ds = cfg.dataset

@@ -49,6 +49,7 @@ from mmctr.utils import (
     atomic_write_text,
     cpu_supports_bf16,
     get_logger,
+    keep_freed_memory,
     resolve_device,
     seed_everything,
 )
@@ -308,6 +309,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     )
     for note in getattr(cfg, "notices", []):
         log.info("notice: %s", note)
+    log.info("memory: %s", keep_freed_memory())
     cfg_dict = cfg.to_dict()
     last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
     saved = None

@@ -295,6 +295,24 @@ def stage_train(
     steps = {"seed": 20, "rank1": 50} if on_gpu else {"seed": 1, "rank1": 2}
     warmup = 5 if on_gpu else 1
     out.update({"device": str(device), "n_train": n_train, "runs": {}})
+
+    def timed(name: str, bf16: bool, config_bf16: bool | None = None, **kwargs) -> dict[str, Any]:
+        """measure_train of experiment ``name`` at this stage's sizes, ``bf16`` or not; the
+        config (its run folder) is that of ``config_bf16`` (default: ``bf16``)."""
+        ov = _overrides(root, name, bf16 if config_bf16 is None else config_bf16, arch)
+        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, ov)
+        return bench.measure_train(
+            cfg,
+            items,
+            split,
+            device,
+            bf16=bf16,
+            steps=steps[name],
+            repeats=3 if on_gpu else 1,
+            warmup_steps=warmup,
+            **kwargs,
+        )
+
     if arch:
         out["overrides"] = arch
     # 1) timed steps for every combination
@@ -303,20 +321,9 @@ def stage_train(
         if budget.left("train") < 10:
             out["runs"][key] = {"status": "skipped: train budget spent"}
             continue
-        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, _overrides(root, name, bf16, arch))
         keep = name == "seed" and (bf16 or not on_gpu)
         try:
-            r = bench.measure_train(
-                cfg,
-                items,
-                split,
-                device,
-                bf16=bf16,
-                steps=steps[name],
-                repeats=3 if on_gpu else 1,
-                warmup_steps=warmup,
-                keep_model=keep,
-            )
+            r = timed(name, bf16, keep_model=keep)
         except Exception as exc:  # one combination failing (OOM, ...) must not lose the rest
             traceback.print_exc()
             out["runs"][key] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -356,20 +363,9 @@ def stage_train(
         name, kwargs, what = SIDE_BY_SIDE[variant]
         if budget.left("train") < 60 or (not on_gpu and "cuda_graphs" in kwargs):
             return
-        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, _overrides(root, name, True, arch))
         try:
-            r = bench.measure_train(
-                cfg,
-                items,
-                split,
-                device,
-                bf16=on_gpu,  # the CPU dry run: fp32 (bf16 is emulated on most CPUs)
-                steps=steps[name],
-                repeats=3 if on_gpu else 1,
-                warmup_steps=warmup,
-                breakdown=False,
-                **kwargs,
-            )
+            # the CPU dry run: fp32 (bf16 is emulated on most CPUs)
+            r = timed(name, on_gpu, config_bf16=True, breakdown=False, **kwargs)
         except Exception as exc:  # a variant failing must not lose the stage's figures
             traceback.print_exc()
             out[variant] = {"what": what, "error": f"{type(exc).__name__}: {exc}"}

@@ -759,8 +759,15 @@ def run(args) -> dict[str, Any]:
 
     from mmctr.training.trainer import use_bf16
 
+    if args.override:
+        result["overrides"] = list(args.override)
+        notes.append(
+            "--override " + " ".join(args.override) + ": the training experiments are changed; "
+            "their figures are not the shipped configs'"
+        )
+
     def train_config(name: str):
-        tcfg = bd.bench_config(EXPERIMENTS[name], data_dir, arch)
+        tcfg = bd.bench_config(EXPERIMENTS[name], data_dir, [*arch, *args.override])
         if tcfg.trainer.max_len != cfg.trainer.max_len:
             raise SystemExit(
                 f"{tcfg.expid}: max_len {tcfg.trainer.max_len} differs from the loader's"
@@ -903,6 +910,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-peer", action="store_true", help="skip the FuxiCTR loader")
     p.add_argument("--no-embed", action="store_true", help="skip the embedding stage")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the seed and rank-1 experiments as run_expid.py --override does "
+        "(e.g. cross_low_rank=64); repeatable",
+    )
     p.add_argument("--data-root", help="where bench_<preset>/ lives (default: data/)")
     args = p.parse_args(argv)
     result = run(args)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmctr.config.schema import (
+    ACTIVATIONS,
     IDENTITY_ACTIVATIONS,
     DatasetConfig,
     FeatureSpec,
@@ -20,6 +21,18 @@ from mmctr.config.schema import (
 )
 from mmctr.data.dataset import TARGET_COL, ItemTable
 from mmctr.models.padded_cross import cross_skipping_zeros
+
+# ACTIVATIONS (the names the config loader accepts) but "dice", which needs the width
+_PLAIN_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "prelu": nn.PReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "leakyrelu": nn.LeakyReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
+assert {*_PLAIN_ACTIVATIONS, "dice"} == set(ACTIVATIONS), "layers and schema name other activations"
 
 
 def get_activation(name: str | None, dim: int | None = None) -> nn.Module:
@@ -29,18 +42,8 @@ def get_activation(name: str | None, dim: int | None = None) -> nn.Module:
     if name is None or str(name).lower() in IDENTITY_ACTIVATIONS:
         return nn.Identity()
     key = str(name).lower()
-    if key == "relu":
-        return nn.ReLU()
-    if key == "prelu":
-        return nn.PReLU()
-    if key in ("leaky_relu", "leakyrelu"):
-        return nn.LeakyReLU()
-    if key == "sigmoid":
-        return nn.Sigmoid()
-    if key == "tanh":
-        return nn.Tanh()
-    if key == "gelu":
-        return nn.GELU()
+    if key in _PLAIN_ACTIVATIONS:
+        return _PLAIN_ACTIVATIONS[key]()
     if key == "dice":
         if dim is None:
             raise ValueError("Dice needs the layer width")

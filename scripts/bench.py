@@ -333,22 +333,6 @@ def side_by_side_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def interleaved(
-    name: str, runners: dict[str, StepRunner], steps: int, repeats: int
-) -> dict[str, list[float]]:
-    """samples/s of each runner per repeat, the runners taking turns within every repeat, so
-    that a machine whose speed drifts affects them alike (one warm-up step each first)."""
-    for r in runners.values():
-        r.run_steps(1)
-    rates: dict[str, list[float]] = {label: [] for label in runners}
-    for rep in range(repeats):
-        for label, r in runners.items():
-            n, sec = r.run_steps(steps)
-            rates[label].append(n / sec)
-            bd.log(f"{name} repeat {rep + 1}: {label}: {n / sec:.1f} samples/s")
-    return rates
-
-
 def toggled(
     name: str,
     runner: StepRunner,

@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """Side by side: the sequence encoder's length chunks from width 1 (the default) against
-chunks from ``first_k_cols`` (before 2026-12-01), same model, same batches, interleaved.
+chunks from ``first_k_cols`` (before 2026-12-01): one model switched between the two.
 
     python scripts/bench_chunks.py                      # seed and rank-1, demo preset, CPU
     python scripts/bench_chunks.py --expid rank1 --steps 4 --repeats 5
 
-Both runners start from the same weights and see the same batches; their repeats alternate
-so that a machine whose speed drifts affects both alike. Prints samples/s per repeat, the
+One model is switched between the settings (:func:`bench.toggled`: the same rows for both,
+the order alternating between repeats, so that a machine whose speed drifts affects both
+alike; two models side by side drift apart on this machine). Prints samples/s per repeat, the
 medians, their ratio, and the share of untrimmed history tokens each setting computes.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -47,12 +49,13 @@ def compare(name: str, data_dir: Path, steps: int, repeats: int) -> dict:
     split = splits["train"]
     k = int(cfg.model.first_k_cols)
     widths = {"from 1": 1, f"from k={k}": k}
-    runners = {}
-    for label, m in widths.items():
-        r = bench.StepRunner(cfg, items, split, torch.device("cpu"), False, sequence_chunks=True)
-        r.model.sequence.min_chunk_width = m
-        runners[label] = r
-    rates = bench.interleaved(name, runners, steps, repeats)
+    runner = bench.StepRunner(cfg, items, split, torch.device("cpu"), False, sequence_chunks=True)
+    seq = runner.model.sequence
+    modes = {
+        label: functools.partial(setattr, seq, "min_chunk_width", m) for label, m in widths.items()
+    }
+    rates = bench.toggled(name, runner, modes, steps, repeats, cfg.trainer.seed)
+    runner.close()
     out = {"expid": cfg.expid, "batch_size": cfg.trainer.batch_size, "steps": steps}
     for label, m in widths.items():
         out[label] = {

@@ -18,6 +18,7 @@ network's multiply-adds that skipping leaves.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import time
@@ -100,16 +101,11 @@ def whole_steps(name, cfg, items, split, steps: int, repeats: int) -> dict:
 
     runner = bench.StepRunner(cfg, items, split, torch.device("cpu"), False)
     cross = runner.model.cross
-
-    def mode(skip: bool):
-        def set_mode() -> None:
-            cross.skip_zeros = skip
-
-        return set_mode
-
-    rates = bench.toggled(
-        name, runner, {"skip": mode(True), "dense": mode(False)}, steps, repeats, cfg.trainer.seed
-    )
+    modes = {
+        label: functools.partial(setattr, cross, "skip_zeros", skip)
+        for label, skip in (("skip", True), ("dense", False))
+    }
+    rates = bench.toggled(name, runner, modes, steps, repeats, cfg.trainer.seed)
     cross.skip_zeros = None
     runner.close()
     out = {

@@ -430,10 +430,6 @@ def _shard_problem(shard: _Shard, model_key: str) -> str | None:
     return None
 
 
-def _shard_is_valid(shard: _Shard, model_key: str) -> bool:
-    return _shard_problem(shard, model_key) is None
-
-
 def _write_shard(
     shard: _Shard,
     model_key: str,
@@ -776,7 +772,7 @@ def generate_embeddings(
             fp = shard_fingerprint(ids[lo:hi], fps)
             shards.append(_Shard(k, lo, hi, fp, cache / f"shard_{k:05d}.npz", fps))
         mine = [s for s in shards if s.index % dist_ctx.world_size == dist_ctx.rank]
-        todo = [s for s in mine if force or not _shard_is_valid(s, model_key)]
+        todo = [s for s in mine if force or _shard_problem(s, model_key) is not None]
         log.info(
             "%d items, %d shard(s) of %d; cache %s; %d shard(s) to encode%s",
             n,

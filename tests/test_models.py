@@ -260,6 +260,54 @@ def test_low_rank_crossnet_is_fuxictr_crossnetmix():
     assert [tuple(p.shape) for p in (net.U[0], net.V[0], net.C[0])] == [(e, d, r)] * 2 + [(e, r, r)]
 
 
+def test_prelu_and_softmax_are_fuxictrs():
+    """prelu learns one slope per unit, initialised to 0.1, over the last dimension (FuxiCTR's
+    ``nn.PReLU(hidden_units, init=0.1)`` on its flattened inputs), and softmax normalises the
+    last dimension; an MLP on (B, L, H) inputs gives what it gives row by row."""
+    from torch import nn
+
+    from mmctr.models.layers import MLP, get_activation
+
+    act = get_activation("PReLU", 6)
+    assert act.weight.shape == (6,) and torch.all(act.weight == 0.1)
+    with torch.no_grad():
+        act.weight.copy_(torch.linspace(-0.5, 0.5, 6))
+    ref = nn.PReLU(6)  # torch's layer, channels on dimension 1 of a 2-d input
+    ref.load_state_dict(act.state_dict())
+    x = torch.randn(3, 4, 6)
+    assert torch.equal(act(x), ref(x.reshape(-1, 6)).reshape(3, 4, 6))
+    assert torch.equal(act(x[0]), ref(x[0]))
+    with pytest.raises(ValueError, match="prelu needs the layer width"):
+        get_activation("prelu")
+
+    soft = get_activation("softmax")
+    assert torch.allclose(soft(x).sum(-1), torch.ones(3, 4))
+
+    torch.manual_seed(0)
+    mlp = MLP(6, [5, 3], "prelu")
+    assert [m.weight.shape for m in mlp.modules() if isinstance(m, nn.PReLU)] == [(5,), (3,)]
+    assert torch.allclose(mlp(x), torch.stack([mlp(row) for row in x]))
+
+    # DIN's attention MLP scores (B, L, 4D) histories: per-unit slopes there too
+    torch.manual_seed(0)
+    din = build_model(
+        DINConfig(
+            embedding_dim=8,
+            dnn_hidden_units=[16],
+            dnn_activations="prelu",
+            attention_hidden_units=[8],
+            attention_hidden_activations="PReLU",
+            attention_output_activation="prelu",
+        ),
+        _dataset(),
+        _items(),
+    )
+    din(_batch()).sum().backward()
+    slopes = [m.weight for m in din.modules() if isinstance(m, nn.PReLU)]
+    assert sorted(w.shape for w in slopes) == [(1,), (8,), (16,)]  # output, attention, DNN
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in slopes)
+
+
 def test_masked_mean_ignores_padding():
     emb = torch.tensor([[[1.0], [100.0], [3.0]]])
     valid = torch.tensor([[True, False, True]])

@@ -24,7 +24,17 @@ FEATURE_TYPES = ("meta", "categorical", "sequence", "embedding", "numeric")
 
 #: Activation names mmctr builds itself (case-insensitive; models.layers.get_activation). As in
 #: FuxiCTR, any other name of a ``torch.nn`` activation class ("SiLU", "ELU", ...) works too.
-ACTIVATIONS = ("relu", "prelu", "leaky_relu", "leakyrelu", "sigmoid", "tanh", "gelu", "dice")
+ACTIVATIONS = (
+    "relu",
+    "prelu",
+    "leaky_relu",
+    "leakyrelu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "softmax",
+    "dice",
+)
 #: names meaning "no activation" (an output activation only)
 IDENTITY_ACTIVATIONS = ("none", "linear", "identity")
 #: DCNv2 ``model_structure`` values (FuxiCTR's)

@@ -8,6 +8,9 @@ No layer mutates its inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import torch
 from torch import nn
@@ -22,36 +25,52 @@ from mmctr.config.schema import (
 from mmctr.data.dataset import TARGET_COL, ItemTable
 from mmctr.models.padded_cross import cross_skipping_zeros
 
-# ACTIVATIONS (the names the config loader accepts) but "dice", which needs the width
-_PLAIN_ACTIVATIONS: dict[str, type[nn.Module]] = {
+# ACTIVATIONS (the names the config loader accepts) but those that need the layer's width
+_PLAIN_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
-    "prelu": nn.PReLU,
     "leaky_relu": nn.LeakyReLU,
     "leakyrelu": nn.LeakyReLU,
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
+    "softmax": partial(nn.Softmax, dim=-1),  # FuxiCTR's: over the last dimension
 }
-assert {*_PLAIN_ACTIVATIONS, "dice"} == set(ACTIVATIONS), "layers and schema name other activations"
+_WIDTH_ACTIVATIONS = ("prelu", "dice")
+assert {*_PLAIN_ACTIVATIONS, *_WIDTH_ACTIVATIONS} == set(ACTIVATIONS), (
+    "layers and schema name other activations"
+)
 
 
 def get_activation(name: str | None, dim: int | None = None) -> nn.Module:
     """FuxiCTR activation names (case-insensitive): relu, prelu, leaky_relu, sigmoid, tanh, gelu,
-    dice; None / 'linear' for identity; else a ``torch.nn`` activation class by its exact name
-    ("SiLU", "ELU"), as FuxiCTR looks it up. The config loader accepts the same names."""
+    softmax, dice; None / 'linear' for identity; else a ``torch.nn`` activation class by its
+    exact name ("SiLU", "ELU"), as FuxiCTR looks it up. prelu and dice learn one parameter per
+    unit and need the layer width ``dim``, as FuxiCTR's do. The config loader accepts the same
+    names."""
     if name is None or str(name).lower() in IDENTITY_ACTIVATIONS:
         return nn.Identity()
     key = str(name).lower()
     if key in _PLAIN_ACTIVATIONS:
         return _PLAIN_ACTIVATIONS[key]()
-    if key == "dice":
+    if key in _WIDTH_ACTIVATIONS:
         if dim is None:
-            raise ValueError("Dice needs the layer width")
-        return Dice(dim)
+            raise ValueError(f"{name} needs the layer width")
+        return PReLU(dim) if key == "prelu" else Dice(dim)
     cls = torch_activation_class(str(name))
     if cls is None:
         raise ValueError(f"unknown activation {name!r}")
     return cls()
+
+
+class PReLU(nn.PReLU):
+    """FuxiCTR's prelu: one learned slope per unit, initialised to 0.1, over the LAST dimension
+    (``nn.PReLU`` puts channels on dimension 1, which for (B, L, H) inputs would be L)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(num_parameters=dim, init=0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.prelu(x.reshape(-1, x.shape[-1]), self.weight).reshape(x.shape)
 
 
 class Dice(nn.Module):
@@ -418,7 +437,7 @@ class TargetAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.mlp = MLP(4 * item_dim, hidden_units, activation, dropout, output_dim=1)
-        self.out_act = get_activation(output_activation)
+        self.out_act = get_activation(output_activation, 1)
         self.use_softmax = use_softmax
         self.batch_stats = any(isinstance(m, nn.BatchNorm1d | Dice) for m in self.mlp.modules())
 

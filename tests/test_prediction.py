@@ -240,3 +240,27 @@ def test_an_empty_test_file_or_a_row_count_mismatch_is_refused(trained, tiny_dat
     with pytest.raises(SubmissionError, match="2 predictions for 3 test rows"):
         write_submission(np.array([0.1, 0.2]), tmp_path / "s", "x", n_rows=3)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.filterwarnings("ignore:bf16. true on a CPU without")
+def test_bf16_autocast_trains_and_predicts_on_the_cpu(tmp_path, tiny_data):
+    """bf16: true runs training and prediction under CPU bf16 autocast (native on AMX or
+    AVX512-BF16 CPUs, emulated elsewhere): the CSV is the model under autocast, not in fp32."""
+    cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=1, bf16=True)
+    results = train(load_config(cfg_dir, expid), gpu=-1, progress=False)
+    log = (tmp_path / "ckpt" / "tiny" / expid / "train.log").read_text()
+    assert "| bf16 True |" in log
+    summary = predict_submission(cfg_dir, expid, out_dir=tmp_path / "sub", progress=False)
+    assert summary["test_AUC"] == pytest.approx(results["test"]["AUC"], abs=2e-3)
+    got = pd.read_csv(tmp_path / "sub" / "prediction.csv")["Task2"].to_numpy()
+    model, cfg, _ = ckpt_io.load_model(Path(summary["checkpoint"]))
+    split = read_split(
+        tiny_data / "test.parquet", cfg.dataset, n_items=300, max_len=24, require_label=False
+    )
+    loader = BatchLoader(split, 7, min_seq_len=cfg.model.first_k_cols)
+    with torch.no_grad():
+        fp32 = torch.cat([torch.sigmoid(model(b)) for b in loader]).numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = torch.cat([torch.sigmoid(model(b).float()) for b in loader]).numpy()
+    np.testing.assert_allclose(got, bf16, atol=1e-2)
+    assert np.abs(got - fp32).max() > 1e-5  # autocast really applied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mmctr.training.guard import DivergenceGuard
@@ -70,3 +71,52 @@ def test_fuxictr_regulariser_strings_l1_l2_and_l1_l2():
         lambda w: 0.02 * w.sign() + 0.1 * w,
     )
     _check_extra_gradients("l2(1.e-1)", "", lambda w: 0.1 * w, torch.zeros_like)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "adagrad"])
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+def test_clipping_inside_the_fused_kernel_equals_clip_grad_norm(optimizer, max_norm):
+    """Fused optimizers get the clipping as their kernel's grad_scale (no separate pass over
+    the gradients): the same update as clip_grad_norm_ then step(), when clipping bites
+    (0.05) and when it does not (1e6: bit for bit); others still call clip_grad_norm_."""
+    results = []
+    for fold in (True, False):
+        torch.manual_seed(0)
+        model = _tdcn().train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        opt = make_optimizer(optimizer, model.parameters(), lr=0.01, weight_decay=0.0)
+        guard = DivergenceGuard(opt, torch.device("cpu"), sync_every_step=not fold)
+        step = TrainStep(model, opt, guard, torch.device("cpu"), max_gradient_norm=max_norm)
+        batch = _batch(6)
+        batch["label"] = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+        step.whole(batch)  # one step: later ones would amplify last-bit differences
+        assert not hasattr(opt, "grad_scale")
+        results.append([p.detach().clone() for p in model.parameters()])
+    for folded, plain in zip(*results):
+        if max_norm > 1e3 or optimizer == "adagrad":  # not clipped / not fused: one path
+            assert torch.equal(folded, plain)
+        else:
+            torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-8)
+
+
+def test_a_clipped_step_really_clips():
+    """SGD, lr 1: the update is the clipped gradient, whose norm is max_norm."""
+    model, _, before = _step_delta(0.0, 0.0)  # unclipped reference
+    torch.manual_seed(0)
+    model = _tdcn().train()
+    model.sequence.length_chunks = False
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.load_state_dict({n: v for n, v in before.items()}, strict=False)
+    opt = make_optimizer("sgd", model.parameters(), lr=1.0, weight_decay=0.0)
+    guard = DivergenceGuard(opt, torch.device("cpu"))
+    assert guard.on_device
+    step = TrainStep(model, opt, guard, torch.device("cpu"), max_gradient_norm=1e-3)
+    batch = _batch(6)
+    batch["label"] = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    step.whole(batch)
+    delta = torch.cat([(before[n] - p.detach()).flatten() for n, p in model.named_parameters()])
+    assert float(delta.norm()) == pytest.approx(1e-3, rel=1e-3)

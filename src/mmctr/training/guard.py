@@ -91,9 +91,15 @@ class DivergenceGuard:
         """One micro-batch's number of samples (host only)."""
         self.rows += rows
 
-    def step(self, grad_norm: torch.Tensor | None = None) -> None:
+    def step(
+        self, grad_norm: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None
+    ) -> None:
         """The optimizer step of the window, skipped if its loss or gradients are not
-        finite. ``grad_norm``: the norm ``clip_grad_norm_`` returned, if any."""
+        finite. ``grad_norm``: the gradients' norm (clipping), if any. ``grad_scale``: a
+        divisor of every gradient that the fused kernel applies (:attr:`on_device` only; the
+        clipping of :func:`mmctr.training.step.clip_divisor`)."""
+        if grad_scale is not None and not self.on_device:
+            raise ValueError("grad_scale needs a fused optimizer that skips on the device")
         if grad_norm is not None:
             self._bad.logical_or_(~torch.isfinite(grad_norm.detach()))
         if self.distributed:
@@ -104,10 +110,14 @@ class DivergenceGuard:
         self._step += 1
         if self.on_device:
             self.optimizer.found_inf = self._bad  # read by the fused kernel
+            if grad_scale is not None:
+                self.optimizer.grad_scale = grad_scale  # the kernel divides the gradients
             try:
                 self.optimizer.step()
             finally:
                 del self.optimizer.found_inf
+                if grad_scale is not None:
+                    del self.optimizer.grad_scale
         elif not bool(self._bad):  # host wait
             self.optimizer.step()
         self._bad.zero_()

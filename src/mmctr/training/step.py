@@ -30,6 +30,15 @@ def autocast_ctx(device: torch.device, enabled: bool, cache: bool = True):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
+def clip_divisor(grad_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_``'s clipping as a divisor: the gradients times max_norm / (norm +
+    1e-6) when that is below 1, else unchanged, is the gradients divided by this. A fused
+    optimizer applies it inside its own kernel (its ``grad_scale``, the hook GradScaler
+    uses), which saves clip_grad_norm_'s separate pass over every gradient (a 268M-parameter
+    model's 1 GB of them, ~45 ms per step on 2 CPU cores)."""
+    return torch.clamp((grad_norm.detach().float() + 1e-6) / max_norm, min=1.0)
+
+
 class TrainStep:
     """Forward, backward, regularisers, clipping and the guarded optimizer step.
 
@@ -92,10 +101,18 @@ class TrainStep:
                 norm = (w.abs().sum() if p == 1 else w.pow(2).sum() for w in params)
                 reg = reg + sum(norm, torch.zeros((), device=self.device)) * (lam / p)
             reg.backward()
-        grad_norm = None
+        grad_norm = grad_scale = None
         if self.max_gradient_norm and self.max_gradient_norm > 0:
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.max_gradient_norm)
-        self.guard.step(grad_norm)  # skipped if the loss or gradients are not finite
+            if self.guard.on_device:  # the fused kernel divides the gradients itself
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                grad_norm = nn.utils.get_total_norm(grads)
+                grad_scale = clip_divisor(grad_norm, self.max_gradient_norm)
+            else:
+                grad_norm = nn.utils.clip_grad_norm_(
+                    self.model.parameters(), self.max_gradient_norm
+                )
+        # skipped if the loss or gradients are not finite
+        self.guard.step(grad_norm, grad_scale=grad_scale)
         self.optimizer.zero_grad(set_to_none=True)
 
     def whole(self, batch: dict[str, torch.Tensor]) -> None:

@@ -380,6 +380,34 @@ def toggled(
     return rates
 
 
+def warm_up(runner: StepRunner, min_steps: int, max_steps: int, settled: float = 0.05) -> int:
+    """Warm-up steps until the process stops taking new memory; returns how many ran.
+
+    A fresh process faults in the pages its allocator then keeps (``keep_freed_memory``) over
+    its first steps, and as the trimmed history width changes from batch to batch the heap
+    keeps growing for a while: a CPU bf16 seed step took ~1M page faults in step 1 and still
+    ~100K in steps 2-5, running up to 2x slower than later steps (12-02). Training runs
+    thousands of steps, so its rate is the settled one: after ``min_steps``, warm-up ends at
+    the second step in a row with fewer than ``settled`` times the first step's page faults
+    (on CUDA, where host page faults say nothing, after ``min_steps``)."""
+    import resource
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    first, calm, n = None, 0, 0
+    while n < max_steps:
+        before = faults()
+        runner.run_steps(1)
+        n += 1
+        f = faults() - before
+        first = f if first is None else first
+        calm = calm + 1 if f < settled * max(first, 1) else 0
+        if n >= min_steps and (runner.device.type != "cpu" or calm >= 2):
+            break
+    return n
+
+
 def measure_train(
     cfg,
     items,
@@ -390,6 +418,7 @@ def measure_train(
     steps: int,
     repeats: int,
     warmup_steps: int = 1,
+    max_warmup_steps: int = 8,
     breakdown: bool = True,
     keep_model: bool = False,
     sequence_chunks: bool | None = None,
@@ -398,7 +427,8 @@ def measure_train(
     cuda_graphs: bool = False,
 ) -> dict[str, Any]:
     """Samples/s of the training step (median of ``repeats`` runs of ``steps`` steps after
-    ``warmup_steps``), and where a step's time goes. ``sequence_chunks`` forces the
+    at least ``warmup_steps`` and at most ``max_warmup_steps``, see :func:`warm_up`), and
+    where a step's time goes. ``sequence_chunks`` forces the
     sequence encoder's length chunking on or off (default: off under CUDA bf16, else on).
     ``untrimmed``: no padding removal anywhere (the peers' compute pattern).
     ``host_syncs``: the step with the two host waits it had before the on-device guard.
@@ -410,7 +440,7 @@ def measure_train(
     )
     breakdown = breakdown and not cuda_graphs
     build_s = time.perf_counter() - t
-    runner.run_steps(warmup_steps)
+    warmup_steps = warm_up(runner, warmup_steps, max(warmup_steps, max_warmup_steps))
     waits = runner.host_waits()
     rates, step_secs, shares = [], [], []
     for _ in range(repeats):  # the rate: no hooks, no extra synchronisation
@@ -616,6 +646,11 @@ def check_targets(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _prec(result: dict[str, Any], name: str) -> str:
+    bf16 = _get(result, f"train.{name}.bf16")
+    return "?" if bf16 is None else "bf16" if bf16 else "fp32"
+
+
 def print_table(result: dict[str, Any]) -> None:
     rows = [
         ("loader-only, batch 4096 (samples/s)", _get(result, "loader.samples_per_s")),
@@ -623,9 +658,15 @@ def print_table(result: dict[str, Any]) -> None:
         ("load train+valid+test+items (s)", _get(result, "loader.load_seconds")),
         ("load peak RSS (GB, subprocess)", _get(result, "loader.peak_rss_gb")),
         ("peer fuxictr loader (samples/s)", _get(result, "peer.fuxictr_loader.samples_per_s")),
-        ("train seed, fp32 (samples/s)", _get(result, "train.seed.samples_per_s")),
+        (
+            f"train seed, {_prec(result, 'seed')} (samples/s)",
+            _get(result, "train.seed.samples_per_s"),
+        ),
         ("  same, untrimmed (peers' compute)", _get(result, "train.seed.untrimmed.samples_per_s")),
-        ("train rank-1, fp32 (samples/s)", _get(result, "train.rank1.samples_per_s")),
+        (
+            f"train rank-1, {_prec(result, 'rank1')} (samples/s)",
+            _get(result, "train.rank1.samples_per_s"),
+        ),
         ("  same, untrimmed (peers' compute)", _get(result, "train.rank1.untrimmed.samples_per_s")),
     ]
     pair = _get(result, "train.bf16_pair") or {}

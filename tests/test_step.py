@@ -5,21 +5,30 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmctr.training.guard import DivergenceGuard
+from mmctr.training.guard import DivergenceGuard, skips_on_device
 from mmctr.training.step import TrainStep
 from mmctr.training.trainer import make_optimizer
 
 from .test_models import _batch, _tdcn
 
 
-def _step_delta(emb_reg, net_reg):
+def _one_step(
+    emb_reg=0.0,
+    net_reg=0.0,
+    *,
+    optimizer="sgd",
+    lr=1.0,
+    max_gradient_norm=None,
+    sync_every_step=False,
+):
+    """One TrainStep on a fixed batch, dropout off -> (model, optimizer, weights before)."""
     model = _tdcn().train()
     model.sequence.length_chunks = False
     for m in model.modules():  # deterministic forward: no dropout
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    opt = make_optimizer("sgd", model.parameters(), lr=1.0, weight_decay=0.0)
-    guard = DivergenceGuard(opt, torch.device("cpu"))
+    opt = make_optimizer(optimizer, model.parameters(), lr=lr, weight_decay=0.0)
+    guard = DivergenceGuard(opt, torch.device("cpu"), sync_every_step=sync_every_step)
     step = TrainStep(
         model,
         opt,
@@ -27,11 +36,17 @@ def _step_delta(emb_reg, net_reg):
         torch.device("cpu"),
         embedding_regularizer=emb_reg,
         net_regularizer=net_reg,
+        max_gradient_norm=max_gradient_norm,
     )
     batch = _batch(6)
     batch["label"] = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     step.whole(batch)
+    return model, opt, before
+
+
+def _step_delta(emb_reg, net_reg):
+    model, _, before = _one_step(emb_reg, net_reg)
     return model, {n: before[n] - p.detach() for n, p in model.named_parameters()}, before
 
 
@@ -81,17 +96,9 @@ def test_clipping_inside_the_fused_kernel_equals_clip_grad_norm(optimizer, max_n
     (0.05) and when it does not (1e6: bit for bit); others still call clip_grad_norm_."""
     results = []
     for fold in (True, False):
-        torch.manual_seed(0)
-        model = _tdcn().train()
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        opt = make_optimizer(optimizer, model.parameters(), lr=0.01, weight_decay=0.0)
-        guard = DivergenceGuard(opt, torch.device("cpu"), sync_every_step=not fold)
-        step = TrainStep(model, opt, guard, torch.device("cpu"), max_gradient_norm=max_norm)
-        batch = _batch(6)
-        batch["label"] = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
-        step.whole(batch)  # one step: later ones would amplify last-bit differences
+        model, opt, _ = _one_step(
+            optimizer=optimizer, lr=0.01, max_gradient_norm=max_norm, sync_every_step=not fold
+        )  # one step: later ones would amplify last-bit differences
         assert not hasattr(opt, "grad_scale")
         results.append([p.detach().clone() for p in model.parameters()])
     for folded, plain in zip(*results):
@@ -103,20 +110,7 @@ def test_clipping_inside_the_fused_kernel_equals_clip_grad_norm(optimizer, max_n
 
 def test_a_clipped_step_really_clips():
     """SGD, lr 1: the update is the clipped gradient, whose norm is max_norm."""
-    model, _, before = _step_delta(0.0, 0.0)  # unclipped reference
-    torch.manual_seed(0)
-    model = _tdcn().train()
-    model.sequence.length_chunks = False
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    model.load_state_dict({n: v for n, v in before.items()}, strict=False)
-    opt = make_optimizer("sgd", model.parameters(), lr=1.0, weight_decay=0.0)
-    guard = DivergenceGuard(opt, torch.device("cpu"))
-    assert guard.on_device
-    step = TrainStep(model, opt, guard, torch.device("cpu"), max_gradient_norm=1e-3)
-    batch = _batch(6)
-    batch["label"] = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
-    step.whole(batch)
-    delta = torch.cat([(before[n] - p.detach()).flatten() for n, p in model.named_parameters()])
-    assert float(delta.norm()) == pytest.approx(1e-3, rel=1e-3)
+    model, opt, before = _one_step(max_gradient_norm=1e-3)
+    assert skips_on_device(opt)  # the clipping inside the fused kernel
+    update = [(before[n] - p.detach()).flatten() for n, p in model.named_parameters()]
+    assert float(torch.cat(update).norm()) == pytest.approx(1e-3, rel=1e-3)

@@ -385,8 +385,9 @@ def warm_up(runner: StepRunner, min_steps: int, max_steps: int, settled: float =
 
     A fresh process faults in the pages its allocator then keeps (``keep_freed_memory``) over
     its first steps, and as the trimmed history width changes from batch to batch the heap
-    keeps growing for a while: a CPU bf16 seed step took ~1M page faults in step 1 and still
-    ~100K in steps 2-5, running up to 2x slower than later steps (12-02). Training runs
+    keeps growing for a while: a CPU bf16 seed step took ~1M page faults in step 1 and
+    40K-280K in most steps through step 9, which ran up to 1.6x slower than the settled
+    ones (12-02). Training runs
     thousands of steps, so its rate is the settled one: after ``min_steps``, warm-up ends at
     the second step in a row with fewer than ``settled`` times the first step's page faults
     (on CUDA, where host page faults say nothing, after ``min_steps``)."""

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmctr.data.dataset import read_item_table
     from mmctr.models import build_model
+    from mmctr.training.guard import DivergenceGuard
     from mmctr.training.step import clip_divisor
     from mmctr.training.trainer import make_optimizer
     from mmctr.utils import keep_freed_memory
@@ -52,17 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     saved = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
 
-    def separate() -> None:
-        nn.utils.clip_grad_norm_(params, args.max_norm)
-        opt.step()
+    guard = DivergenceGuard(opt, torch.device("cpu"))  # the trainer's guarded step
 
-    def folded() -> None:
+    def separate() -> None:
+        guard.step(nn.utils.clip_grad_norm_(params, args.max_norm))
+
+    def folded() -> None:  # TrainStep's way with a fused optimizer
         norm = nn.utils.get_total_norm([p.grad for p in params])
-        opt.grad_scale = clip_divisor(norm, args.max_norm)
-        try:
-            opt.step()
-        finally:
-            del opt.grad_scale
+        guard.step(norm, grad_scale=clip_divisor(norm, args.max_norm))
 
     ways = {"clip_grad_norm_ + step": separate, "inside the fused kernel": folded}
     secs: dict[str, list[float]] = {k: [] for k in ways}

@@ -157,6 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{'test':<8}{t['AUC']:>12.5f}{oracle['test']:>12.5f}{oracle['test'] - t['AUC']:>9.4f}"
         )
+    baselines = results.get("baselines") or {}
+    for name, b in baselines.items():
+        test_auc = b.get("test", {}).get("AUC")
+        print(
+            f"{'valid':<8}{b['AUC']:>12.5f}  baseline {name}"
+            + (f"   (test {test_auc:.5f})" if test_auc is not None else "")
+        )
+    if baselines:
+        best = max(baselines, key=lambda k: baselines[k]["AUC"])
+        margin = v["AUC"] - baselines[best]["AUC"]
+        verdict = "beats" if margin > 0 else "DOES NOT beat"
+        print(f"the model {verdict} the best baseline ({best}) by {margin:+.5f} valid AUC")
     if "cold_AUC" in v:
         print(
             f"valid cold-item rows ({v['cold_rows']}): AUC {v['cold_AUC']:.5f}; warm rows: {v['warm_AUC']:.5f}"

@@ -40,6 +40,7 @@ from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
 from mmctr.training import checkpoint as ckpt_io
+from mmctr.training.baselines import fit_baselines, report_baselines
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
 from mmctr.training.graphs import GraphedStep, configure_for_graphs
 from mmctr.training.guard import DivergenceGuard
@@ -644,6 +645,13 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         test_split = read_split(ds.test_data, ds, require_label=False, **read)
         if test_split.labels is not None:
             results["test"] = score(test_split)
+    if t.baselines and main:
+        labelled = {"valid": valid_split}
+        if "test" in results:
+            labelled["test"] = test_split
+        results["baselines"] = report_baselines(
+            fit_baselines(train_split, labelled, ds, items, seed=t.seed), results["valid"], log
+        )
     results["history"] = [h for h in state.history if "AUC" in h]
     results["best_step"] = best.get("step")
     results["epochs"] = state.epoch

@@ -9,7 +9,6 @@ Each variant is the same experiment (same seed, same epochs, early stopping) wit
 full                nothing removed
 no_item_emb         every frozen ``embedding`` item feature (item_emb_d128) inactive
 no_item_tags        every ``sequence`` item feature (item_tags) inactive
-no_item_id          the trainable item-id embedding inactive (items are their content)
 no_side             the per-row side features (likes_level, views_level) inactive
 no_history          ``item_seq`` all padding in every split
 shuffled_history    each history's items in a random order (what recency tells)
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from mmctr.config import ExperimentConfig, load_config
-from mmctr.data.dataset import HISTORY_COL, TARGET_COL
+from mmctr.data.dataset import HISTORY_COL
 from mmctr.utils import atomic_write_parquet, atomic_write_text
 
 
@@ -79,7 +78,6 @@ def _shuffled_history(seq: pa.ListArray, rng: np.random.Generator) -> pa.Array:
 FEATURE_VARIANTS: dict[str, Callable[[ExperimentConfig], list[str]]] = {
     "no_item_emb": _inactive(_item("embedding")),
     "no_item_tags": _inactive(_item("sequence")),
-    "no_item_id": _inactive(lambda f: f.get("name") == TARGET_COL),
     "no_side": _inactive(_side),
 }
 HISTORY_VARIANTS: dict[str, Callable[[pa.ListArray, np.random.Generator], pa.Array]] = {

@@ -44,6 +44,8 @@ RUN_ENVIRONMENT_KEYS = frozenset(
         "data_on_device",
         "cuda_graphs",
         "tuner",
+        "tensorboard",
+        "num_threads",
     }
 )
 

@@ -179,6 +179,11 @@ class TrainerConfig:
     # the tuner file that wrote this experiment (run_param_tuner.py sets it): its expid's hash
     # is ours and is checked on load; FuxiCTR's tuner ids carry no such key and are not
     tuner: str | None = None
+    # TensorBoard event files in the run folder (mmctr/training/tracking.py)
+    tensorboard: bool = True
+    # CPU threads of a CPU run (torch.set_num_threads); None = the cores this process may use,
+    # shared among the CPU runs of a tuner (mmctr/utils.py: default_num_threads)
+    num_threads: int | None = None
 
 
 @dataclass

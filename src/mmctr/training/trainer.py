@@ -45,6 +45,7 @@ from mmctr.training.graphs import GraphedStep, configure_for_graphs
 from mmctr.training.guard import DivergenceGuard
 from mmctr.training.metrics import evaluate_predictions, monitor_value
 from mmctr.training.step import TrainStep, autocast_ctx
+from mmctr.training.tracking import RunTracker, hparams_of
 from mmctr.utils import (
     atomic_write_text,
     cpu_supports_bf16,
@@ -277,14 +278,21 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
 def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an ExperimentConfig) and return ``{"valid": ..., "test": ..., "run_dir": ...}``."""
     dist = init_distributed(use_cuda=gpu is not None and int(gpu) >= 0)
+    tracker = RunTracker()  # TensorBoard (training/tracking.py); finished here, after _train
     try:
-        return _train(cfg, gpu, resume, progress, dist)
+        results = _train(cfg, gpu, resume, progress, dist, tracker)
+        tracker.finish(results, hparams_of(cfg))
+        return results
     finally:
+        tracker.close()
         shutdown_distributed()
 
 
-def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[str, Any]:
+def _train(
+    cfg, gpu, resume: bool, progress: bool, dist: DistContext, tracker: RunTracker | None = None
+) -> dict[str, Any]:
     t = cfg.trainer
+    tracker = tracker or RunTracker()
     if dist.enabled and gpu is not None and int(gpu) >= 0:
         device = resolve_device(dist.local_rank)
     else:
@@ -492,6 +500,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 items_shapes,
                 {"epoch": epoch_float, "step": state.step, "valid": metrics},
             )
+        tracker.evaluation(state.step, record)
         net_model.train()
 
     # ---- the loop ----------------------------------------------------------------------
@@ -549,6 +558,17 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
 
     t_train = time.perf_counter()
     epoch_times: list[dict[str, float]] = []
+    running = state.running[0] if state.batches_done else None  # rank 0's, mid-epoch
+    tracker.start(
+        run_dir,
+        enabled=t.tensorboard and main,
+        first_step=state.step,
+        log=log,
+        resumed=resume,
+        epoch=state.epoch,
+        running=running,
+        world_size=dist.world_size,
+    )
     while state.epoch < t.epochs and not state.stopped:
         epoch = state.epoch
         t_epoch = time.perf_counter()
@@ -598,6 +618,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             evaluating = bool(t.eval_steps) and state.step % t.eval_steps == 0
             if evaluating or state.step % check_every == 0:
                 loss_sum, seen = checked_loss(epoch, i + 1)
+                tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
                 if progress and main:
                     bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
             if evaluating:
@@ -608,6 +629,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 if i + 1 < n_batches:  # a kill from here on loses only steps since this one
                     save_last(i + 1, loss_sum, seen)
         loss_sum, seen = checked_loss(epoch, n_batches)
+        tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
         loop_seconds = time.perf_counter() - t_epoch
         state.epoch = epoch + 1
         total_seen = int(dist.all_reduce_sum(seen))

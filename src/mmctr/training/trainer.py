@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, ExperimentConfig, canonical_json
 from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
+from mmctr.progress import Progress
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
 from mmctr.training.graphs import GraphedStep, configure_for_graphs
@@ -199,12 +199,15 @@ def predict_probs(
     model.eval()
     out = np.empty(loader.split.n_rows, dtype=np.float32)
     pos = 0
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    bar = Progress(len(loader), desc, unit="batch", rate_unit="rows", enabled=progress)
+    for batch in loader:
         with autocast_ctx(loader.device, bf16):
             logits = model(batch)
         p = torch.sigmoid(logits.float()).cpu().numpy()
         out[pos : pos + len(p)] = p
         pos += len(p)
+        bar.update(1, rows=len(p))
+    bar.close()
     assert pos == loader.split.n_rows
     return out
 
@@ -491,7 +494,15 @@ def _train(
                 log.info("no improvement: learning rate -> %.2e", state.lr)
             if state.bad_evals >= t.early_stop_patience:
                 state.stopped = True
-                log.info("early stopping: %d evaluations without improvement", state.bad_evals)
+                log.info(
+                    "early stopping: stopped %s epoch %s of %d: %d evaluation(s) without "
+                    "improvement (early_stop_patience %d)",
+                    "after" if float(epoch_float).is_integer() else "at",
+                    f"{epoch_float:g}",
+                    t.epochs,
+                    state.bad_evals,
+                    t.early_stop_patience,
+                )
         if not t.save_best_only and main:
             ckpt_io.save_best(
                 run_dir / f"model_step{state.step}.pt",
@@ -580,15 +591,15 @@ def _train(
             running = state.running[dist.rank % len(state.running)]
             guard.restore(running[0], int(running[1]))
             log.info("resuming epoch %d at batch %d of %d", epoch + 1, start + 1, n_batches)
-        bar = tqdm(
-            loader.batches(start),
-            total=n_batches,
+        bar = Progress(
+            n_batches,
+            f"epoch {epoch + 1}/{t.epochs}",
+            unit="batch",
+            rate_unit="samples",
             initial=start,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-            disable=not (progress and main),
-            leave=False,
+            enabled=progress and main,
         )
-        for i, batch in enumerate(bar, start=start):
+        for i, batch in enumerate(loader.batches(start), start=start):
             window = i // t.accumulation_steps
             closes_window = (i + 1) % t.accumulation_steps == 0 or i + 1 == n_batches
             rows = int(batch["label"].shape[0])
@@ -612,6 +623,7 @@ def _train(
                 if closes_window:
                     step.optimizer_step()
             guard.count(rows)
+            bar.update(1, rows=rows * dist.world_size)
             if not closes_window:
                 continue
             state.step += 1
@@ -620,7 +632,7 @@ def _train(
                 loss_sum, seen = checked_loss(epoch, i + 1)
                 tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
                 if progress and main:
-                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
+                    bar.set_postfix(loss=loss_sum / max(seen, 1))
             if evaluating:
                 total = dist.all_reduce_sum(loss_sum) / max(dist.all_reduce_sum(seen), 1)
                 evaluate_and_checkpoint(total, epoch + (i + 1) / n_batches)
@@ -628,6 +640,7 @@ def _train(
                     break
                 if i + 1 < n_batches:  # a kill from here on loses only steps since this one
                     save_last(i + 1, loss_sum, seen)
+        bar.close()
         loss_sum, seen = checked_loss(epoch, n_batches)
         tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
         loop_seconds = time.perf_counter() - t_epoch

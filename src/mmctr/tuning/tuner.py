@@ -78,6 +78,7 @@ from mmctr.config import (
     parse_tuner_id,
 )
 from mmctr.config import loader as config_loader
+from mmctr.progress import Progress
 from mmctr.utils import atomic_write_text, check_gpu_exists
 
 TUNER_KEYS = ("base_config", "base_expid", "dataset_id", "dataset_config", "tuner_space")
@@ -422,6 +423,8 @@ def run_tuner(
     queue = deque(todo)
     running: dict[int, _Running] = {}
     restore = _sigterm_as_interrupt()
+    # a line every ~20 s while runs go (their own output is in their logs)
+    progress = Progress(len(todo), "tuner", unit="runs", bar=False, write=echo)
     try:
         while queue or running:
             for slot, gpu in enumerate(slots):
@@ -434,7 +437,10 @@ def run_tuner(
             for slot in done:
                 _finish(running.pop(slot), spec.n_points, echo)
                 write_csv()
+                progress.update(1)
             if not done:
+                progress.set_postfix(running=", ".join(r.exp.expid for r in running.values()))
+                progress.refresh()
                 time.sleep(_POLL_SECONDS)
     finally:
         for r in running.values():  # interrupted: stop what still runs, keep a valid CSV

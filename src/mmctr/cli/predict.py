@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="rows per scoring batch (default: max(batch_size, 4096))",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or progress lines (on a terminal a bar, else a line every ~20 s)",
+    )
     return p
 
 

@@ -20,7 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="validate config, data and model; do not train"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or progress lines, logs only (on a terminal a bar, else a line "
+        "every ~20 s)",
+    )
     return p
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,12 @@ from mmctr.data.contract import microlens_dataset_config
 from mmctr.data.demo import generate
 
 TINY_SEED = 2025
+
+# A CPU run without num_threads picks its threads from how busy the machine is
+# (mmctr/threads.py), and the thread count can change a result's last bits: tests that compare
+# two runs exactly must not depend on the load. With OMP_NUM_THREADS set, runs keep torch's
+# threads (the subprocesses too); tests of the default itself set it up themselves.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

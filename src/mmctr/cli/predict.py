@@ -56,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint,
         batch_size=args.batch_size,
         overrides=args.override,
+        threads=args.threads,
         allow_hash_mismatch=args.allow_hash_mismatch,
         progress=not args.no_progress,
     )
     for note in s["notices"]:
         print(f"notice: {note}")
+    if s.get("threads"):
+        print(s["threads"])
     print(
         f"scored {s['rows']:,} test rows in {s['seconds']:.1f}s, mean prediction {s['mean_prediction']:.4f}"
     )

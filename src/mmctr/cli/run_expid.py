@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmctr.cli.common import add_experiment_args, run_cli
+from mmctr.cli.common import add_experiment_args, overrides_of, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(
         args.config,
         args.expid,
-        overrides=args.override,
+        overrides=overrides_of(args),
         allow_hash_mismatch=args.allow_hash_mismatch,
     )
     for note in cfg.notices:

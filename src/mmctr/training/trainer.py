@@ -39,6 +39,7 @@ from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
 from mmctr.progress import Progress
+from mmctr.threads import configure_threads
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
 from mmctr.training.graphs import GraphedStep, configure_for_graphs
@@ -321,6 +322,8 @@ def _train(
     for note in getattr(cfg, "notices", []):
         log.info("notice: %s", note)
     log.info("memory: %s", keep_freed_memory())
+    if device.type == "cpu":
+        configure_threads(t.num_threads, log)  # logged; warns on a busy machine
     cfg_dict = cfg.to_dict()
     last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
     saved = None

@@ -79,6 +79,7 @@ from mmctr.config import (
 )
 from mmctr.config import loader as config_loader
 from mmctr.progress import Progress
+from mmctr.threads import default_num_threads
 from mmctr.utils import atomic_write_text, check_gpu_exists
 
 TUNER_KEYS = ("base_config", "base_expid", "dataset_id", "dataset_config", "tuner_space")
@@ -557,11 +558,12 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
 
 def _child_env(slots: list[int]) -> dict[str, str]:
     """The subprocesses' environment: unbuffered output; CPU runs side by side share the cores
-    (each gets cores / CPU slots threads) unless the user set OMP_NUM_THREADS."""
+    (each gets physical cores / CPU slots threads, mmctr.threads) unless the user set
+    OMP_NUM_THREADS."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cpu_slots = sum(1 for g in slots if g < 0)
     if cpu_slots > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
+        env["OMP_NUM_THREADS"] = str(default_num_threads(cpu_slots))
     return env
 
 

@@ -27,8 +27,10 @@ TINY_SEED = 2025
 # A CPU run without num_threads picks its threads from how busy the machine is
 # (mmctr/threads.py), and the thread count can change a result's last bits: tests that compare
 # two runs exactly must not depend on the load. With OMP_NUM_THREADS set, runs keep torch's
-# threads (the subprocesses too); tests of the default itself set it up themselves.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+# threads as they are in this process; subprocesses (run_expid.py, torchrun) take one thread
+# each, as torchrun would give them, so that several of them never oversubscribe the cores.
+# tests/test_threads.py tests the default itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

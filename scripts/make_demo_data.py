@@ -26,9 +26,11 @@ from mmctr.data.demo import PRESETS, Knobs, generate, id_levels_baseline_auc
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), default="demo", help="dataset size (default: demo)"
+    )
     ap.add_argument("--out", required=True, help="output folder (created if missing)")
-    ap.add_argument("--seed", type=int, default=2025)
+    ap.add_argument("--seed", type=int, default=2025, help="random seed (default: 2025)")
     ap.add_argument("--no-images", action="store_true", help="skip item_images/")
     ap.add_argument(
         "--baseline",

@@ -45,6 +45,8 @@ RUN_ENVIRONMENT_KEYS = frozenset(
         "cuda_graphs",
         "tuner",
         "baselines",
+        "tensorboard",
+        "num_threads",
     }
 )
 

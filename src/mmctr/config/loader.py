@@ -136,6 +136,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "early_stop_patience": _NON_NEGATIVE,
     "eval_steps": _POSITIVE,
     "num_workers": _NON_NEGATIVE,
+    "num_threads": _POSITIVE,
     "max_len": _POSITIVE,
     "learning_rate": (lambda v: v > 0, "positive"),
     "embedding_regularizer": (_is_regularizer, _REGULARIZER_FORMS),

@@ -206,6 +206,11 @@ class TrainerConfig:
     # fit the popularity and logistic-regression baselines beside the model (metrics.json
     # "baselines"; mmctr/training/baselines.py)
     baselines: bool = True
+    # TensorBoard event files in the run folder (mmctr/training/tracking.py)
+    tensorboard: bool = True
+    # CPU threads of a CPU run (torch.set_num_threads); None = the cores this process may use,
+    # shared among the CPU runs of a tuner (mmctr/utils.py: default_num_threads)
+    num_threads: int | None = None
 
 
 @dataclass

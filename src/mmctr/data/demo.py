@@ -609,7 +609,7 @@ NOT_IMAGE_BYTES = (
 def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> dict[str, Any]:
     """Write ``item_images/<id>.jpg`` and ``item_images_manifest.csv``; returns counts."""
     from PIL import Image
-    from tqdm import tqdm
+    from mmctr.progress import track
 
     n = world.preset.n_items
     img_dir = out_dir / "item_images"
@@ -630,7 +630,7 @@ def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> d
         if path.stem.isdigit() and not 1 <= int(path.stem) < n:
             path.unlink()
     written = 0
-    for lo in tqdm(range(1, n, batch), desc="item images", unit="batch", leave=False):
+    for lo in track(range(1, n, batch), "item images", unit="batch"):
         hi = min(n, lo + batch)
         rng_px = _rng(seed, 8, lo)
         pix = render_images(

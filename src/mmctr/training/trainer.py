@@ -33,12 +33,13 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, ExperimentConfig, canonical_json
 from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
+from mmctr.progress import Progress
+from mmctr.threads import configure_threads
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.baselines import fit_baselines, report_baselines
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
@@ -46,6 +47,7 @@ from mmctr.training.graphs import GraphedStep, configure_for_graphs
 from mmctr.training.guard import DivergenceGuard
 from mmctr.training.metrics import evaluate_predictions, monitor_value
 from mmctr.training.step import TrainStep, autocast_ctx
+from mmctr.training.tracking import RunTracker, hparams_of
 from mmctr.utils import (
     atomic_write_text,
     cpu_supports_bf16,
@@ -199,12 +201,15 @@ def predict_probs(
     model.eval()
     out = np.empty(loader.split.n_rows, dtype=np.float32)
     pos = 0
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    bar = Progress(len(loader), desc, unit="batch", rate_unit="rows", enabled=progress)
+    for batch in loader:
         with autocast_ctx(loader.device, bf16):
             logits = model(batch)
         p = torch.sigmoid(logits.float()).cpu().numpy()
         out[pos : pos + len(p)] = p
         pos += len(p)
+        bar.update(1, rows=len(p))
+    bar.close()
     assert pos == loader.split.n_rows
     return out
 
@@ -278,14 +283,21 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
 def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an ExperimentConfig) and return ``{"valid": ..., "test": ..., "run_dir": ...}``."""
     dist = init_distributed(use_cuda=gpu is not None and int(gpu) >= 0)
+    tracker = RunTracker()  # TensorBoard (training/tracking.py); finished here, after _train
     try:
-        return _train(cfg, gpu, resume, progress, dist)
+        results = _train(cfg, gpu, resume, progress, dist, tracker)
+        tracker.finish(results, hparams_of(cfg))
+        return results
     finally:
+        tracker.close()
         shutdown_distributed()
 
 
-def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[str, Any]:
+def _train(
+    cfg, gpu, resume: bool, progress: bool, dist: DistContext, tracker: RunTracker | None = None
+) -> dict[str, Any]:
     t = cfg.trainer
+    tracker = tracker or RunTracker()
     if dist.enabled and gpu is not None and int(gpu) >= 0:
         device = resolve_device(dist.local_rank)
     else:
@@ -311,6 +323,8 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     for note in getattr(cfg, "notices", []):
         log.info("notice: %s", note)
     log.info("memory: %s", keep_freed_memory())
+    if device.type == "cpu":
+        configure_threads(t.num_threads, log)  # logged; warns on a busy machine
     cfg_dict = cfg.to_dict()
     last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
     saved = None
@@ -484,7 +498,15 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 log.info("no improvement: learning rate -> %.2e", state.lr)
             if state.bad_evals >= t.early_stop_patience:
                 state.stopped = True
-                log.info("early stopping: %d evaluations without improvement", state.bad_evals)
+                log.info(
+                    "early stopping: stopped %s epoch %s of %d: %d evaluation(s) without "
+                    "improvement (early_stop_patience %d)",
+                    "after" if float(epoch_float).is_integer() else "at",
+                    f"{epoch_float:g}",
+                    t.epochs,
+                    state.bad_evals,
+                    t.early_stop_patience,
+                )
         if not t.save_best_only and main:
             ckpt_io.save_best(
                 run_dir / f"model_step{state.step}.pt",
@@ -493,6 +515,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 items_shapes,
                 {"epoch": epoch_float, "step": state.step, "valid": metrics},
             )
+        tracker.evaluation(state.step, record)
         net_model.train()
 
     # ---- the loop ----------------------------------------------------------------------
@@ -550,6 +573,17 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
 
     t_train = time.perf_counter()
     epoch_times: list[dict[str, float]] = []
+    running = state.running[0] if state.batches_done else None  # rank 0's, mid-epoch
+    tracker.start(
+        run_dir,
+        enabled=t.tensorboard and main,
+        first_step=state.step,
+        log=log,
+        resumed=resume,
+        epoch=state.epoch,
+        running=running,
+        world_size=dist.world_size,
+    )
     while state.epoch < t.epochs and not state.stopped:
         epoch = state.epoch
         t_epoch = time.perf_counter()
@@ -561,15 +595,15 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             running = state.running[dist.rank % len(state.running)]
             guard.restore(running[0], int(running[1]))
             log.info("resuming epoch %d at batch %d of %d", epoch + 1, start + 1, n_batches)
-        bar = tqdm(
-            loader.batches(start),
-            total=n_batches,
+        bar = Progress(
+            n_batches,
+            f"epoch {epoch + 1}/{t.epochs}",
+            unit="batch",
+            rate_unit="samples",
             initial=start,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-            disable=not (progress and main),
-            leave=False,
+            enabled=progress and main,
         )
-        for i, batch in enumerate(bar, start=start):
+        for i, batch in enumerate(loader.batches(start), start=start):
             window = i // t.accumulation_steps
             closes_window = (i + 1) % t.accumulation_steps == 0 or i + 1 == n_batches
             rows = int(batch["label"].shape[0])
@@ -593,14 +627,16 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 if closes_window:
                     step.optimizer_step()
             guard.count(rows)
+            bar.update(1, rows=rows * dist.world_size)
             if not closes_window:
                 continue
             state.step += 1
             evaluating = bool(t.eval_steps) and state.step % t.eval_steps == 0
             if evaluating or state.step % check_every == 0:
                 loss_sum, seen = checked_loss(epoch, i + 1)
+                tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
                 if progress and main:
-                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
+                    bar.set_postfix(loss=loss_sum / max(seen, 1))
             if evaluating:
                 total = dist.all_reduce_sum(loss_sum) / max(dist.all_reduce_sum(seen), 1)
                 evaluate_and_checkpoint(total, epoch + (i + 1) / n_batches)
@@ -608,7 +644,9 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                     break
                 if i + 1 < n_batches:  # a kill from here on loses only steps since this one
                     save_last(i + 1, loss_sum, seen)
+        bar.close()
         loss_sum, seen = checked_loss(epoch, n_batches)
+        tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
         loop_seconds = time.perf_counter() - t_epoch
         state.epoch = epoch + 1
         total_seen = int(dist.all_reduce_sum(seen))

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--contrast-expids",
         nargs="+",
-        default=["Transformer_DCN_TA_demo", "Transformer_DCN_demo"],
+        default=["Transformer_DCN_TA_demo"],
         help="experiments run on the settings other than default",
     )
     p.add_argument("--work", default=str(ROOT / "data" / "study"), help="data and runs folder")

@@ -7,7 +7,8 @@
    here) and recompute ``item_emb_d128`` from the demo images with ``generate_embeddings.py``
    (written to ``data/demo/item_info.parquet``; the generator's own embedding is kept as
    ``item_info.orig.parquet``);
-3. stage 2: train the default demo experiment (config/demo, Transformer_DCN_demo);
+3. stage 2: train the default demo experiment (config/demo, Transformer_DCN_TA_demo) and
+   its simple baselines (popularity, logistic regression);
 4. predict the test split into submission/demo/;
 5. print valid/test AUC next to the oracle AUC (the AUC of the true click probabilities the
    labels were drawn from), the ceiling of what the features reveal
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--expid",
-        default="Transformer_DCN_demo",
+        default="Transformer_DCN_TA_demo",
         help="demo experiment to train (a block of --config's model_config.yaml)",
     )
     p.add_argument("--config", default="config/demo", help="config folder of the demo")
@@ -181,17 +182,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{'test':<8}{t['AUC']:>12.5f}{oracle['test']:>12.5f}{oracle['test'] - t['AUC']:>9.4f}"
         )
     baselines = results.get("baselines") or {}
-    for name, b in baselines.items():
-        test_auc = b.get("test", {}).get("AUC")
-        print(
-            f"{'valid':<8}{b['AUC']:>12.5f}  baseline {name}"
-            + (f"   (test {test_auc:.5f})" if test_auc is not None else "")
-        )
-    if baselines:
+    if baselines:  # fitted on the same train split, scored on the same valid split
         best = max(baselines, key=lambda k: baselines[k]["AUC"])
         margin = v["AUC"] - baselines[best]["AUC"]
+        listed = " | ".join(f"{k} {b['AUC']:.5f}" for k, b in baselines.items())
         verdict = "beats" if margin > 0 else "DOES NOT beat"
-        print(f"the model {verdict} the best baseline ({best}) by {margin:+.5f} valid AUC")
+        print(
+            f"baselines, valid AUC: {listed}; the model {verdict} the best ({best}) "
+            f"by {margin:+.5f}"
+        )
     if "cold_AUC" in v:
         print(
             f"valid cold-item rows ({v['cold_rows']}): AUC {v['cold_AUC']:.5f}; warm rows: {v['warm_AUC']:.5f}"

@@ -570,3 +570,23 @@ def test_embedding_initializer_accepts_fuxictrs_strings_only():
     assert embedding_init_std("torch_default") is None
     with pytest.raises(ValueError, match="not an embedding_initializer"):
         embedding_init_std("nn.init.xavier_normal_")
+
+
+def test_history_dropout_keeps_a_left_padded_subset_in_order_while_training_only():
+    model = _tdcn_ta(history_dropout=0.5).train()
+    batch = _batch()
+    before = batch["item_seq"].clone()
+    torch.manual_seed(0)
+    seq = model.drop_history(batch)["item_seq"]
+    assert torch.equal(batch["item_seq"], before)  # the caller's batch is untouched
+    for row, kept in zip(before, seq):
+        real = row[row != 0].tolist()
+        left = kept[kept != 0].tolist()
+        n = len(left)
+        assert torch.equal(kept[: len(kept) - n], torch.zeros(len(kept) - n, dtype=kept.dtype))
+        it = iter(real)  # a subsequence of the real items, in their order
+        assert all(any(x == y for y in it) for x in left)
+    assert (seq != 0).sum() < (before != 0).sum()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch), model(batch))

@@ -156,6 +156,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "interest_head_dim": _POSITIVE,
     "recency_buckets": _POSITIVE,
     "id_dropout": _DROPOUT,
+    "history_dropout": _DROPOUT,
     "embedding_initializer": (
         _is_embedding_initializer,
         '"partial(nn.init.normal_, std=X)" (FuxiCTR\'s form) or "torch_default"',

@@ -260,6 +260,8 @@ class TransformerDCNTAConfig(TransformerDCNConfig):
     interest_match: bool = True
     # probability of zeroing an item-id embedding while training (0 = off)
     id_dropout: float = 0.0
+    # probability of dropping each history item while training (0 = off)
+    history_dropout: float = 0.0
 
 
 @dataclass

@@ -240,7 +240,19 @@ def load_yaml(path: str | os.PathLike) -> Any:
         try:
             return yaml.load(fh, Loader=YamlLoader)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where and what (``line 3, column 5: found duplicate key 'epochs'``)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (
+        f" ({context})" if context else ""
+    )
 
 
 def parse_yaml_value(text: str) -> Any:

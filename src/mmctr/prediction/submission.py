@@ -49,6 +49,9 @@ def _output_paths(out_dir: str | Path, expid: str) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SubmissionError(f"--out {out_dir} is a file, not a folder")
+    above = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise SubmissionError(f"--out {out_dir}: {above} is a file, not a folder")
     paths = out_dir / "prediction.csv", out_dir / f"{expid}.zip"
     for path in paths:
         if path.is_dir():

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, ExperimentConfig, canonical_json
 from mmctr.data.batching import BatchLoader, batch_sizes
+from mmctr.data.contract import DataContractError
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
 from mmctr.training import checkpoint as ckpt_io
@@ -327,6 +328,9 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     read = dict(n_items=items.n_items, max_len=t.max_len, group_col=cfg.group_col)
     train_split = read_split(ds.train_data, ds, **read)
     valid_split = read_split(ds.valid_data, ds, **read)
+    for path, split in ((ds.train_data, train_split), (ds.valid_data, valid_split)):
+        if split.n_rows == 0:
+            raise DataContractError(f"{path}: the file has no rows (expected at least one)")
     log.info(
         "data: %d items, %d train rows, %d valid rows, history width %d (%.1fs)",
         items.n_items,

@@ -184,23 +184,25 @@ def run_entry(command: str, args: list[str]) -> Result:
     return Result(int(code), out.getvalue(), err.getvalue())
 
 
-def spawn_entry(command: str, args: list[str], log: Path, **kwargs: Any) -> subprocess.Popen:
-    """``python <script> args`` as a child process (stdout and stderr to ``log``)."""
+def spawn_entry(command: str, args: list[str], log: Path | None, **kwargs: Any) -> subprocess.Popen:
+    """``python <script> args`` as a child process, stdout and stderr appended to ``log``
+    (None: to a pipe)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     src = str(ROOT / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    fh = open(log, "ab")  # noqa: SIM115 (the child holds it; closed when the caller waits)
+    sink = subprocess.PIPE if log is None else open(log, "ab")  # noqa: SIM115 (the child holds it)
     try:
         return subprocess.Popen(
             [sys.executable, str(ROOT / SCRIPTS[command]), *args],
-            stdout=fh,
+            stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=kwargs.pop("cwd", ROOT),
             env=env,
             **kwargs,
         )
     finally:
-        fh.close()
+        if log is not None:
+            sink.close()
 
 
 # ---- what a command left on disk ------------------------------------------------------

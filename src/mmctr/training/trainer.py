@@ -278,10 +278,40 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
 def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an ExperimentConfig) and return ``{"valid": ..., "test": ..., "run_dir": ...}``."""
     dist = init_distributed(use_cuda=gpu is not None and int(gpu) >= 0)
+    made = _first_missing(run_dir_of(cfg))
     try:
         return _train(cfg, gpu, resume, progress, dist)
+    except Exception:
+        if made is not None and dist.is_main:
+            _remove_failed_start(run_dir_of(cfg), made)
+        raise
     finally:
         shutdown_distributed()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The top-most folder of ``path`` that does not exist yet (None: ``path`` exists)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_failed_start(run_dir: Path, top: Path) -> None:
+    """A new run that failed before writing anything but its log (bad data, a config the
+    model refuses) leaves no run folder behind: the error went to stderr. Only empty folders
+    up to ``top`` (made by this run) are removed; another run's files are never touched."""
+    if not run_dir.is_dir() or any(p.name != "train.log" for p in run_dir.iterdir()):
+        return
+    get_logger("mmctr.train")  # closes its handler on train.log
+    with contextlib.suppress(OSError):
+        (run_dir / "train.log").unlink(missing_ok=True)
+        for folder in [run_dir, *run_dir.parents]:
+            folder.rmdir()  # fails (and stops) at the first folder that is not empty
+            if folder == top:
+                break
 
 
 def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[str, Any]:

@@ -9,6 +9,7 @@ the test file (FuxiCTR 2.3.10's parquet loader scrambles this order).
 from __future__ import annotations
 
 import io
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -84,6 +85,8 @@ def write_submission(
     text = buf.getvalue().encode("utf-8")
     with atomic_open(csv_path, "wb") as csv_fh:
         csv_fh.write(text)
+        csv_fh.flush()  # a full disk fails here, before the zip replaces the old one
+        os.fsync(csv_fh.fileno())
         with (
             atomic_open(zip_path, "wb") as fh,
             zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf,

@@ -133,3 +133,23 @@ def test_unreadable_files_are_a_one_line_checkpoint_error(tmp_path, content):
     with pytest.raises(CheckpointError, match="model.pt") as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ""])
+def test_an_expid_that_is_not_a_plain_name_is_refused_before_anything_is_written(tmp_path, name):
+    """expid and dataset_id name folders under model_root and the submission zip: one holding
+    '../' would write outside them."""
+    import yaml
+
+    from mmctr.config import ConfigError, load_config
+    from mmctr.prediction.submission import SubmissionError, _output_paths
+
+    cfg_dir, expid = write_experiment(tmp_path, tmp_path / "data")
+    doc = yaml.safe_load((cfg_dir / "model_config.yaml").read_text())
+    doc[name] = doc.pop(expid)
+    (cfg_dir / "model_config.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="is not a plain name"):
+        load_config(cfg_dir, name)
+    with pytest.raises(SubmissionError, match="is not a plain name"):
+        _output_paths(tmp_path / "sub", name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config"]

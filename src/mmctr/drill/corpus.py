@@ -304,9 +304,28 @@ def yaml_cases() -> list[Case]:
             lambda s: "- just\n- a list\n",
             ("model_config.yaml",),
         ),
+        Y(
+            "expid block named ../../escape",
+            _rename_block("../../escape"),
+            ("../../escape",),
+            args=_escape_args,
+        ),
+        Y(
+            "dataset_id ../escape",
+            lambda s: s.replace("dataset_id: tiny", "dataset_id: ../escape"),
+            ("../escape",),
+        ),
         Y("unknown model", lambda s: _set_key(s, "model", "NoSuchNet"), ("NoSuchNet",)),
         Y("empty model_config.yaml", lambda s: "", ("model_config.yaml",)),
     ]
+
+
+def _rename_block(name: str) -> Callable[[str], str]:
+    return lambda text: text.replace(f"{EXPID}:", f"{name!r}:")
+
+
+def _escape_args(ws: Workspace) -> list[str]:
+    return ["--config", str(ws.config), "--expid", "../../escape", "--gpu", "-1"]
 
 
 def _set_key(text: str, key: str, value: str) -> str:

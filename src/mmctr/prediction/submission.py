@@ -48,6 +48,8 @@ def _output_paths(out_dir: str | Path, expid: str) -> tuple[Path, Path]:
     """``prediction.csv`` and ``<expid>.zip`` in ``out_dir``; refused before any scoring when
     they cannot be written there (a file where the folder should be, a folder at a file's path)."""
     out_dir = Path(out_dir)
+    if expid in ("", ".", "..") or Path(expid).name != expid or "\\" in expid:
+        raise SubmissionError(f"expid {expid!r} is not a plain name: {expid}.zip would leave --out")
     if out_dir.exists() and not out_dir.is_dir():
         raise SubmissionError(f"--out {out_dir} is a file, not a folder")
     above = next((p for p in out_dir.absolute().parents if p.exists()), None)

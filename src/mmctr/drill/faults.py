@@ -357,58 +357,57 @@ def output_faults() -> list[OutputFault]:
 
 def run_output_fault(fault: OutputFault, base: Workspace, scratch: Path, kind: str, echo):
     """``kind``: "full disk" or "read-only folder". -> (ran, handled) as 0/1 counts."""
+    mounted = _can_mount()
+    if kind == "read-only folder" and not mounted and os.geteuid() == 0:
+        echo(f"skip {fault.name}, {kind}: root ignores permissions and cannot mount here")
+        return 0, 0
     ws = copy_workspace(base, scratch)
     fault.drill.setup(ws)
-    folder = fault.folder(ws)
-    mounted = kind == "read-only folder" or _can_mount()
-    if kind == "read-only folder" and not _can_mount():
-        if os.geteuid() == 0:
-            echo(f"skip {fault.name}, {kind}: root ignores permissions and cannot mount here")
-            return 0, 0
-        mounted = False
     if _finish(fault.drill, ws, True) != 0:  # the previous outputs
         echo(f"FAIL {fault.name}, {kind}: the first run failed")
         return 1, 0
+    folder = fault.folder(ws)
     kept = scratch.parent / f"{scratch.name}.kept"
-    shutil.copytree(folder, kept, symlinks=True)
-    shutil.rmtree(folder)
-    preexec = None
+    shutil.move(folder, kept)
     with contextlib.ExitStack() as stack:
-        if mounted:
-            stack.enter_context(_small_tmpfs(folder, 4096))
-            shutil.copytree(kept, folder, symlinks=True, dirs_exist_ok=True)
-            if kind == "full disk":
-                _fill(folder)
-            else:
-                subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        else:  # no mount: a size limit for the full disk, permissions for read-only
-            shutil.copytree(kept, folder, symlinks=True)
-            if kind == "full disk":
-                preexec = _fsize_limit(4096)
-            else:
-                for p in [folder, *folder.rglob("*")]:
-                    if p.is_dir():
-                        p.chmod(0o555)
+        preexec = _break(folder, kept, kind, mounted, stack)
         before = snapshot(folder)
         res = _rerun(fault, ws, preexec)
         after = snapshot(folder)
-        if kind == "read-only folder" and not mounted:
-            for p in [folder, *folder.rglob("*")]:
-                if p.is_dir():
-                    p.chmod(0o755)
     lines = res.error_lines
     named = res.code != 0 and len(lines) == 1 and str(folder) in lines[0]
     left = [p for p in changes(before, after) if not p.endswith("filler.bin")]
     temps = [p for p in after if is_temp(p)]
     ok = named and not res.traceback and not left and not temps
-    how = ("tmpfs" if mounted else "RLIMIT_FSIZE" if kind == "full disk" else "chmod") + ")"
+    how = "tmpfs" if mounted else "RLIMIT_FSIZE" if kind == "full disk" else "chmod"
     echo(
-        f"{'ok  ' if ok else 'FAIL'} {fault.name}, {kind} ({how}: "
+        f"{'ok  ' if ok else 'FAIL'} {fault.name}, {kind} ({how}): "
         f"{lines[0] if len(lines) == 1 else res.stderr[-400:]}"
         + (f" changed: {left}" if left else "")
         + (" traceback" if res.traceback else "")
     )
     return 1, int(ok)
+
+
+def _break(folder: Path, kept: Path, kind: str, mounted: bool, stack: contextlib.ExitStack):
+    """Put the previous outputs (``kept``) back at ``folder`` on a full or read-only place;
+    -> the child's preexec_fn (a file size limit) or None."""
+    if mounted:
+        stack.enter_context(_small_tmpfs(folder, 4096))
+        shutil.copytree(kept, folder, symlinks=True, dirs_exist_ok=True)
+        if kind == "full disk":
+            _fill(folder)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        return None
+    shutil.copytree(kept, folder, symlinks=True)
+    if kind == "full disk":
+        return _fsize_limit(4096)
+    folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    for p in folders:
+        p.chmod(0o555)
+    stack.callback(lambda: [p.chmod(0o755) for p in folders])
+    return None
 
 
 def _rerun(fault: OutputFault, ws: Workspace, preexec) -> Result:

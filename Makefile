@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test test-fast drill lint format bench clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@echo "installing the pinned dependencies into $(VENV) (quiet; a few minutes the first time, torch is the big one)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -20,9 +21,11 @@ demo: install
 
 ## test: the default test suite (slow end-to-end tests included; see README)
 test: install
+	@echo "running the whole test suite, slow end-to-end tests included: about 8-15 minutes on 2 CPU cores, one dot per test (make test-fast skips the slow ones)"
 	$(PY) -m pytest -q
 
 test-fast: install
+	@echo "running the test suite without the slow end-to-end tests: a few minutes, one dot per test"
 	$(PY) -m pytest -q -m "not slow"
 
 ## drill: SIGKILL every long-running command at seeded moments, a full disk, a read-only folder,

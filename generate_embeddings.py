@@ -93,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-size", type=int, default=4096, help="items per cache shard (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=2025, help="PCA random_state (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or progress lines (on a terminal a bar, else a line every ~20 s)",
+    )
     return p
 
 
@@ -124,32 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(str(exc)) from exc
     if s["role"] != "main":
         return 0
-    counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
-    check = s["contract_check"]
-    if s["warnings"]:
-        check += f", {len(s['warnings'])} warning(s): " + "; ".join(s["warnings"])
-    print(
-        f"wrote {s['column']} ({s['dim']}-d, list<float32>; output check: {check}) for "
-        f"{s['n_items']} items: {s['out']}"
-    )
-    print(f"status ({counts}): {s['status_file']}")
-    how = "fit here" if s["pca_source"] == "fit" else f"from --pca {s['pca_source']}"
-    print(
-        f"PCA {s['raw_dim']} -> {s['dim']} ({how}) keeps {100 * s['explained_variance']:.1f}% "
-        f"of the variance: {s['pca_file']}"
-    )
-    if s["pca_previous"]:
-        print(
-            f"the PCA changed (every vector moved); the previous one is kept: "
-            f"{s['pca_previous']} (rerun with --pca {s['pca_previous']} to keep the old vectors)"
-        )
-    ranks = f" on {s['world_size']} ranks" if s["world_size"] > 1 else ""
-    reused = f", {s['items_reused']} unchanged item(s) kept" if s["items_reused"] else ""
-    print(
-        f"raw features: {s['cache_dir']} ({len(s['shards_computed'])} shard(s) written, "
-        f"{len(s['shards_reused'])} reused{reused}; {s['images_encoded']} images encoded{ranks} "
-        f"in {s['encode_seconds']:.1f} s, {s['images_per_s']:.1f} images/s)"
-    )
+    from mmctr.embedding.pipeline import summary_lines
+
+    for line in summary_lines(s):
+        print(line)
     return 0
 
 

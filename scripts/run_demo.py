@@ -49,19 +49,34 @@ def oracle_aucs(data_dir: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--expid", default="Transformer_DCN_demo")
-    p.add_argument("--config", default="config/demo")
-    p.add_argument("--data", default="data/demo")
-    p.add_argument("--seed", type=int, default=2025)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--expid",
+        default="Transformer_DCN_demo",
+        help="demo experiment to train (a block of --config's model_config.yaml)",
+    )
+    p.add_argument("--config", default="config/demo", help="config folder of the demo")
+    p.add_argument("--data", default="data/demo", help="where the demo dataset is generated")
+    p.add_argument("--seed", type=int, default=2025, help="seed of the demo data generator")
     p.add_argument(
         "--retrain", action="store_true", help="train again even if a finished run exists"
     )
     p.add_argument(
-        "--skip-embeddings", action="store_true", help="keep the generator's item_emb_d128"
+        "--skip-embeddings",
+        action="store_true",
+        help="skip stage 1 and train on the generator's item_emb_d128",
     )
-    p.add_argument("--gpu", type=int, default=-1)
+    p.add_argument("--gpu", type=int, default=-1, help="CUDA device index; -1 = CPU")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars or progress lines (on a terminal a bar, else a line every ~20 s)",
+    )
     args = p.parse_args(argv)
+    progress = not args.no_progress
     t_start = time.perf_counter()
     data_dir = Path(args.data)
     outputs: dict[str, str] = {}
@@ -107,13 +122,16 @@ def main(argv: list[str] | None = None) -> int:
                 model=str(clip_dir),
                 out=data_dir / "item_info.parquet",
                 gpu=[args.gpu] if args.gpu >= 0 else [-1],
+                progress=progress,
             )
-            print(
-                json.dumps(
-                    {k: v for k, v in summary.items() if not isinstance(v, dict | list)},
-                    default=str,
-                )
-            )
+            from mmctr.embedding.pipeline import summary_lines
+
+            for line in summary_lines(summary):
+                print(line)
+            summary_path = data_dir / "embedding_summary.json"
+            summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            print(f"full summary: {summary_path}")
+            outputs["embedding summary"] = str(summary_path)
             outputs["embedding model"] = str(clip_dir)
             outputs["item_info with CLIP embeddings"] = str(data_dir / "item_info.parquet")
 
@@ -131,16 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        results = train(cfg, gpu=args.gpu)
+        results = train(cfg, gpu=args.gpu, progress=progress)
     for name in ("model.pt", "last.pt", "train.log", "config.yaml", "metrics.json", "curves.png"):
         outputs[f"run: {name}"] = str(run_dir / name)
+    outputs["run: TensorBoard events"] = f"{run_dir} (tensorboard --logdir {run_dir.parent})"
 
     # 4. prediction -------------------------------------------------------------------
     banner("4/4 prediction")
     from mmctr.prediction import predict_submission
 
     sub = predict_submission(
-        args.config, args.expid, gpu=args.gpu, out_dir=ROOT / "submission" / "demo"
+        args.config,
+        args.expid,
+        gpu=args.gpu,
+        out_dir=ROOT / "submission" / "demo",
+        progress=progress,
     )
     outputs["submission csv"] = sub["csv"]
     outputs["submission zip"] = sub["zip"]
@@ -157,6 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{'test':<8}{t['AUC']:>12.5f}{oracle['test']:>12.5f}{oracle['test'] - t['AUC']:>9.4f}"
         )
+    baselines = results.get("baselines") or {}
+    for name, b in baselines.items():
+        test_auc = b.get("test", {}).get("AUC")
+        print(
+            f"{'valid':<8}{b['AUC']:>12.5f}  baseline {name}"
+            + (f"   (test {test_auc:.5f})" if test_auc is not None else "")
+        )
+    if baselines:
+        best = max(baselines, key=lambda k: baselines[k]["AUC"])
+        margin = v["AUC"] - baselines[best]["AUC"]
+        verdict = "beats" if margin > 0 else "DOES NOT beat"
+        print(f"the model {verdict} the best baseline ({best}) by {margin:+.5f} valid AUC")
     if "cold_AUC" in v:
         print(
             f"valid cold-item rows ({v['cold_rows']}): AUC {v['cold_AUC']:.5f}; warm rows: {v['warm_AUC']:.5f}"
@@ -181,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nnot run (not built yet):")
         for m in missing:
             print(f"  - {m}")
+    print(f"\ncompare the runs of the demo: python -m mmctr.compare {run_dir.parent}")
     print(f"\ndone in {time.perf_counter() - t_start:.0f}s")
     return 0
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,14 @@ from mmctr.data.contract import microlens_dataset_config
 from mmctr.data.demo import generate
 
 TINY_SEED = 2025
+
+# A CPU run without num_threads picks its threads from how busy the machine is
+# (mmctr/threads.py), and the thread count can change a result's last bits: tests that compare
+# two runs exactly must not depend on the load. With OMP_NUM_THREADS set, runs keep torch's
+# threads as they are in this process; subprocesses (run_expid.py, torchrun) take one thread
+# each, as torchrun would give them, so that several of them never oversubscribe the cores.
+# tests/test_threads.py tests the default itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -353,7 +353,10 @@ def test_every_bad_key_is_listed_in_one_error(tmp_path):
         ("monitor_mode: maximum", "must be one of max, min"),
         ("monitor: {AUC: 1, gAUC: 1}", "'gAUC'"),
         ("embedding_dim: 0", "must be at least 1"),
-        ("model: Transformer_DCNv2", "known models: Transformer_DCN, DIN, DCNv2"),
+        (
+            "model: Transformer_DCNv2",
+            "known models: Transformer_DCN, Transformer_DCN_TA, DIN, DCNv2",
+        ),
     ],
 )
 def test_wrong_types_and_values_are_named(tmp_path, extra, expected):

@@ -58,7 +58,9 @@ def test_torchrun_two_ranks_on_cpu(tmp_path, tiny_data):
     cfg_dir, expid = write_experiment(tmp_path, tiny_data, epochs=2, batch_size=128)
     _torchrun(2, tmp_path, cfg_dir, expid)
     run = tmp_path / "ckpt" / "tiny" / expid
-    names = sorted(p.name for p in run.iterdir())
+    events = [p.name for p in run.glob("events.out.tfevents.*")]
+    assert len(events) == 1  # TensorBoard: only rank 0 writes
+    names = sorted(p.name for p in run.iterdir() if p.name not in events)
     assert names == [
         "config.yaml",
         "curves.png",

@@ -12,10 +12,11 @@ from mmctr.config.schema import (
     DINConfig,
     FeatureSpec,
     TransformerDCNConfig,
+    TransformerDCNTAConfig,
 )
 from mmctr.data.dataset import ItemTable
 from mmctr.models import build_model
-from mmctr.models.layers import CrossNetV2, SequenceEncoder, masked_mean
+from mmctr.models.layers import CrossNetV2, SequenceEncoder, TargetInterest, masked_mean
 
 N_ITEMS, L = 50, 20
 
@@ -76,8 +77,30 @@ def _tdcn(**kw) -> torch.nn.Module:
     return build_model(cfg, _dataset(), _items()).eval()
 
 
+def _tdcn_ta(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    base = dict(
+        embedding_dim=8,
+        num_heads=2,
+        transformer_layers=1,
+        dim_feedforward=16,
+        first_k_cols=4,
+        dcn_cross_layers=2,
+        dcn_hidden_units=[16],
+        mlp_hidden_units=[8],
+        interest_heads=2,
+        interest_head_dim=4,
+        recency_buckets=6,
+        id_dropout=0.2,
+    )
+    cfg = TransformerDCNTAConfig(**{**base, **kw})
+    return build_model(cfg, _dataset(), _items()).eval()
+
+
 MODELS = {
     "Transformer_DCN": _tdcn,
+    "Transformer_DCN_TA": _tdcn_ta,
+    "Transformer_DCN_TA (no transformer)": lambda: _tdcn_ta(transformer_layers=0),
     "DIN": lambda: build_model(
         DINConfig(embedding_dim=8, dnn_hidden_units=[16], attention_hidden_units=[8]),
         _dataset(),
@@ -471,3 +494,79 @@ def test_din_trains_on_a_batch_with_a_single_real_item():
     batch["item_seq"] = torch.zeros_like(batch["item_seq"])
     batch["item_seq"][0, -1] = 5
     assert torch.isfinite(model(batch)).all()
+
+
+def test_target_interest_reads_only_real_items_and_counts_age_from_the_end():
+    torch.manual_seed(0)
+    ti = TargetInterest(6, num_heads=2, head_dim=3, recency_buckets=4)
+    with torch.no_grad():
+        ti.recency.normal_()
+    hist, target = torch.randn(3, 5, 6), torch.randn(3, 6)
+    pad = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = ti(hist, target, pad)
+    assert out.shape == (3, ti.out_dim) == (3, 2 * (2 * 3 + 3))
+    noisy = hist.clone()
+    noisy[pad] = 1e6  # padding content must not matter
+    torch.testing.assert_close(ti(noisy, target, pad), out, rtol=0, atol=0)
+    # row 2 has no real item: zeros, not NaN
+    assert torch.equal(out[2], torch.zeros_like(out[2]))
+    # the same items with more left padding: same ages, same output
+    wide_h = torch.cat([torch.randn(3, 4, 6), hist], 1)
+    wide_p = torch.cat([torch.ones(3, 4, dtype=torch.bool), pad], 1)
+    torch.testing.assert_close(ti(wide_h, target, wide_p), out)
+    # with one real item, the attended and max and mean similarity are that item's
+    sim = out[1].view(2, 9)[:, 6:]
+    torch.testing.assert_close(sim[:, 0], sim[:, 1])
+    torch.testing.assert_close(sim[:, 1], sim[:, 2])
+    # changing the recency bias of age 0 moves row 0 (3 real items), not row 1 (1 item)
+    with torch.no_grad():
+        ti.recency[:, 0] += 3.0
+    moved = ti(hist, target, pad)
+    assert not torch.allclose(moved[0], out[0])
+    torch.testing.assert_close(moved[1], out[1])
+
+
+def test_id_dropout_acts_only_while_training():
+    model = _tdcn_ta(id_dropout=0.5)
+    batch = _batch()
+    with torch.no_grad():
+        a, b = model(batch), model(batch)
+        assert torch.equal(a, b)  # eval: deterministic, no dropout
+        model.train()
+        torch.manual_seed(1)
+        c = model(batch)
+        torch.manual_seed(2)
+        d = model(batch)
+    assert not torch.allclose(c, d)
+
+
+def test_transformer_dcn_still_needs_its_transformer():
+    from mmctr.config.loader import ConfigError
+
+    cfg = TransformerDCNConfig(embedding_dim=8, num_heads=2, transformer_layers=0)
+    with pytest.raises(ConfigError, match="transformer_layers must be at least 1"):
+        build_model(cfg, _dataset(), _items())
+
+
+def test_models_start_from_fuxictrs_initialisation():
+    model = _tdcn_ta()
+    emb = model.item_encoder.embeddings["item_id"].weight
+    assert emb.std().item() == pytest.approx(1e-4, rel=0.2)
+    assert torch.equal(emb[0], torch.zeros_like(emb[0]))  # padding row
+    for m in model.modules():
+        if type(m) is torch.nn.Linear and m.bias is not None:
+            assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    torch.manual_seed(0)
+    cfg = TransformerDCNConfig(embedding_dim=8, num_heads=2, embedding_initializer="torch_default")
+    old = build_model(cfg, _dataset(), _items())
+    assert old.item_encoder.embeddings["item_id"].weight.std().item() == pytest.approx(1, rel=0.2)
+
+
+def test_embedding_initializer_accepts_fuxictrs_strings_only():
+    from mmctr.config.schema import embedding_init_std
+
+    assert embedding_init_std("partial(nn.init.normal_, std=1e-4)") == 1e-4
+    assert embedding_init_std("partial(torch.nn.init.normal_,std=0.01)") == 0.01
+    assert embedding_init_std("torch_default") is None
+    with pytest.raises(ValueError, match="not an embedding_initializer"):
+        embedding_init_std("nn.init.xavier_normal_")

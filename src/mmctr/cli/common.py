@@ -37,7 +37,8 @@ class UserError(Exception):
 
 
 def add_experiment_args(parser: argparse.ArgumentParser) -> None:
-    """``--config DIR --expid ID [--gpu N] [--override KEY=VALUE ...] [--allow-hash-mismatch]``."""
+    """``--config DIR --expid ID [--gpu N] [--override KEY=VALUE ...] [--threads N]
+    [--allow-hash-mismatch]``."""
     parser.add_argument(
         "--config",
         required=True,
@@ -57,6 +58,14 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="set a config key after merging, value read as YAML "
         "(repeatable): --override learning_rate=5e-4 --override dcn_hidden_units=[64,32]",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads of a CPU run (the num_threads key); default: the physical cores "
+        "this process may use, minus those other work keeps busy, or OMP_NUM_THREADS if set",
     )
     parser.add_argument(
         "--allow-hash-mismatch",
@@ -84,9 +93,15 @@ def load_experiment(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(
         args.config,
         args.expid,
-        overrides=args.override,
+        overrides=overrides_of(args),
         allow_hash_mismatch=args.allow_hash_mismatch,
     )
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """``--override`` values, plus ``num_threads=N`` for ``--threads N``."""
+    extra = [f"num_threads={args.threads}"] if getattr(args, "threads", None) else []
+    return [*args.override, *extra]
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

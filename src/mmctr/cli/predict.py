@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="rows per scoring batch (default: max(batch_size, 4096))",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or progress lines (on a terminal a bar, else a line every ~20 s)",
+    )
     return p
 
 
@@ -52,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint,
         batch_size=args.batch_size,
         overrides=args.override,
+        threads=args.threads,
         allow_hash_mismatch=args.allow_hash_mismatch,
         progress=not args.no_progress,
     )
     for note in s["notices"]:
         print(f"notice: {note}")
+    if s.get("threads"):
+        print(s["threads"])
     print(
         f"scored {s['rows']:,} test rows in {s['seconds']:.1f}s, mean prediction {s['mean_prediction']:.4f}"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmctr.cli.common import add_experiment_args, run_cli
+from mmctr.cli.common import add_experiment_args, overrides_of, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="validate config, data and model; do not train"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or progress lines, logs only (on a terminal a bar, else a line "
+        "every ~20 s)",
+    )
     return p
 
 
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(
         args.config,
         args.expid,
-        overrides=args.override,
+        overrides=overrides_of(args),
         allow_hash_mismatch=args.allow_hash_mismatch,
     )
     for note in cfg.notices:

@@ -44,6 +44,9 @@ RUN_ENVIRONMENT_KEYS = frozenset(
         "data_on_device",
         "cuda_graphs",
         "tuner",
+        "baselines",
+        "tensorboard",
+        "num_threads",
     }
 )
 

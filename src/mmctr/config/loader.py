@@ -46,6 +46,7 @@ from mmctr.config.schema import (
     LabelSpec,
     ModelBase,
     TrainerConfig,
+    embedding_init_std,
     field_names,
     field_types,
     is_activation,
@@ -100,6 +101,14 @@ _ACTIVATION = (
 )
 
 
+def _is_embedding_initializer(value: Any) -> bool:
+    try:
+        embedding_init_std(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_regularizer(value: Any) -> bool:
     try:
         parse_regularizer(value)
@@ -127,6 +136,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "early_stop_patience": _NON_NEGATIVE,
     "eval_steps": _POSITIVE,
     "num_workers": _NON_NEGATIVE,
+    "num_threads": _POSITIVE,
     "max_len": _POSITIVE,
     "learning_rate": (lambda v: v > 0, "positive"),
     "embedding_regularizer": (_is_regularizer, _REGULARIZER_FORMS),
@@ -141,7 +151,15 @@ _RULES: dict[str, tuple[Any, str]] = {
     "transformer_dropout": _DROPOUT,
     "attention_dropout": _DROPOUT,
     "num_heads": _POSITIVE,
-    "transformer_layers": _POSITIVE,
+    "transformer_layers": _NON_NEGATIVE,
+    "interest_heads": _POSITIVE,
+    "interest_head_dim": _POSITIVE,
+    "recency_buckets": _POSITIVE,
+    "id_dropout": _DROPOUT,
+    "embedding_initializer": (
+        _is_embedding_initializer,
+        '"partial(nn.init.normal_, std=X)" (FuxiCTR\'s form) or "torch_default"',
+    ),
     "dim_feedforward": _POSITIVE,
     "first_k_cols": _POSITIVE,
     "dcn_cross_layers": _NON_NEGATIVE,

@@ -134,6 +134,30 @@ class DatasetConfig:
         return [f for f in self.active_features if not f.is_item_side and f.type != "meta"]
 
 
+EMBEDDING_INITIALIZER = "partial(nn.init.normal_, std=1e-4)"
+TORCH_DEFAULT_INIT = "torch_default"
+_NORMAL_INIT = re.compile(
+    r"^\s*partial\(\s*(?:torch\.)?nn\.init\.normal_\s*,\s*std\s*=\s*([0-9.eE+-]+)\s*\)\s*$"
+)
+
+
+def embedding_init_std(text: str) -> float | None:
+    """FuxiCTR's ``embedding_initializer`` string -> the normal std (None: PyTorch's own
+    init, ``"torch_default"``). Raises ValueError for any other form."""
+    if text == TORCH_DEFAULT_INIT:
+        return None
+    m = _NORMAL_INIT.match(str(text))
+    if m is None:
+        raise ValueError(
+            f"{text!r} is not an embedding_initializer mmctr knows: use "
+            f'"partial(nn.init.normal_, std=X)" (FuxiCTR\'s form) or "{TORCH_DEFAULT_INIT}"'
+        )
+    std = float(m.group(1))
+    if not std > 0:
+        raise ValueError(f"embedding_initializer: std must be positive, got {std}")
+    return std
+
+
 @dataclass
 class TrainerConfig:
     """Everything that is not the model: loss, optimisation, evaluation, checkpoints, loading."""
@@ -179,6 +203,14 @@ class TrainerConfig:
     # the tuner file that wrote this experiment (run_param_tuner.py sets it): its expid's hash
     # is ours and is checked on load; FuxiCTR's tuner ids carry no such key and are not
     tuner: str | None = None
+    # fit the popularity and logistic-regression baselines beside the model (metrics.json
+    # "baselines"; mmctr/training/baselines.py)
+    baselines: bool = True
+    # TensorBoard event files in the run folder (mmctr/training/tracking.py)
+    tensorboard: bool = True
+    # CPU threads of a CPU run (torch.set_num_threads); None = the cores this process may use,
+    # shared among the CPU runs of a tuner (mmctr/utils.py: default_num_threads)
+    num_threads: int | None = None
 
 
 @dataclass
@@ -193,6 +225,9 @@ class ModelBase:
     # width of the learnable projection of frozen ``embedding`` features (item_emb_d128);
     # None = the feature's embedding_dim, as FuxiCTR does
     pretrained_proj_dim: int | None = None
+    # FuxiCTR's: N(0, 1e-4) embedding tables, Xavier-normal Linear layers
+    # (mmctr.models.base.CTRModel.reset_parameters); "torch_default" keeps PyTorch's
+    embedding_initializer: str = EMBEDDING_INITIALIZER
 
 
 @dataclass
@@ -210,6 +245,21 @@ class TransformerDCNConfig(ModelBase):
     # CrossNetV2 variant: None = full rank (as the peers); an int = low-rank mixture (DCN-Mix)
     cross_low_rank: int | None = None
     cross_num_experts: int = 1
+
+
+@dataclass
+class TransformerDCNTAConfig(TransformerDCNConfig):
+    """Transformer_DCN plus a target-aware read-out (mmctr/models/transformer_dcn_ta.py)."""
+
+    model: str = "Transformer_DCN_TA"
+    interest_heads: int = 4
+    interest_head_dim: int = 16
+    recency_buckets: int = 32
+    # fixed similarities of each history item with the target: the share of the target's
+    # item_tags it carries, the cosine of the frozen item_emb_d128 (ItemEncoder.match)
+    interest_match: bool = True
+    # probability of zeroing an item-id embedding while training (0 = off)
+    id_dropout: float = 0.0
 
 
 @dataclass
@@ -241,6 +291,7 @@ class DCNv2Config(ModelBase):
 
 MODEL_SCHEMAS: dict[str, type[ModelBase]] = {
     "Transformer_DCN": TransformerDCNConfig,
+    "Transformer_DCN_TA": TransformerDCNTAConfig,
     "DIN": DINConfig,
     "DCNv2": DCNv2Config,
 }

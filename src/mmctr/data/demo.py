@@ -148,6 +148,54 @@ SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
+class Knobs:
+    """Shape and signal strengths of the generated world; the defaults are the demo data's
+    (a default ``Knobs()`` gives the same bytes as before the knobs existed).
+
+    ``history_median``/``history_sigma``: user history lengths ``3 + LogNormal(ln(median -
+    2.5), sigma)``, capped at 100 (MicroLens: 3.5 / 0.95 -> median 6, mean ~8; real feeds:
+    try 40 / 1.0 -> mean ~50 with many capped at 100). ``emb_noise``: noise of
+    ``item_emb_d128`` around the content (weak image signal: 4); ``image_noise``: pixel noise
+    of the pictures. ``topic_rho``: how much of an item's content its topic fixes (0..1),
+    ``tag_noise``: the chance a tag slot is a random tag (weak topic: 0.1 / 0.5).
+    ``pop_sigma``/``pop_effect``: spread of log popularity and its weight in the click logit
+    (strong popularity: 1.5 / 0.8). ``unseen_user_frac``: share of the users that never
+    appear in train (valid/test draw from all users, so about this share of their rows
+    belongs to an unseen user).
+    """
+
+    history_median: float = 3.5
+    history_sigma: float = 0.95
+    emb_noise: float = EMB_NOISE
+    image_noise: float = 0.02
+    topic_rho: float = RHO
+    tag_noise: float = 0.15
+    pop_sigma: float = POP_SIGMA
+    pop_effect: float = A_POP
+    unseen_user_frac: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "history_median": self.history_median > 0,
+            "history_sigma": self.history_sigma >= 0,
+            "emb_noise": self.emb_noise >= 0,
+            "image_noise": self.image_noise >= 0,
+            "topic_rho": 0 <= self.topic_rho <= 1,
+            "tag_noise": 0 <= self.tag_noise <= 1,
+            "pop_sigma": self.pop_sigma > 0,
+            "unseen_user_frac": 0 <= self.unseen_user_frac < 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"generator knobs out of range: {', '.join(bad)} ({self})")
+
+    def changed(self) -> dict[str, float]:
+        """The knobs that differ from the defaults."""
+        default = Knobs()
+        return {k: v for k, v in vars(self).items() if v != getattr(default, k)}
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     n_train: int
@@ -226,6 +274,7 @@ class _World:
     """Item and user tables plus the fixed parameters of the click model."""
 
     preset: Preset
+    knobs: Knobs
     cluster: np.ndarray  # (n_items,) int64, item 0 = -1 -> mapped to 0 and weight 0
     z: np.ndarray  # (n_items, 16) float64 latent content (row 0 zeros)
     zn: np.ndarray  # (n_items, 16) float32 unit-norm content (row 0 zeros)
@@ -245,13 +294,13 @@ class _World:
     b0: float = 0.0
 
 
-def history_lengths(rng: np.random.Generator, n: int) -> np.ndarray:
-    """MicroLens-like history lengths: min 3, median 6, mean ~8, max 100."""
-    x = rng.lognormal(mean=np.log(3.5), sigma=0.95, size=n)
+def history_lengths(rng: np.random.Generator, n: int, knobs: Knobs = Knobs()) -> np.ndarray:
+    """MicroLens-like history lengths: min 3, median 6, mean ~8, max 100 (by default)."""
+    x = rng.lognormal(mean=np.log(knobs.history_median), sigma=knobs.history_sigma, size=n)
     return np.clip(3 + np.floor(x), 3, SEQ_LEN).astype(np.int64)
 
 
-def _build_world(preset: Preset, seed: int) -> _World:
+def _build_world(preset: Preset, seed: int, knobs: Knobs = Knobs()) -> _World:
     n, k, d = preset.n_items, preset.n_clusters, LATENT_DIM
     rng = _rng(seed, 0)
     # topics and latent content
@@ -259,12 +308,13 @@ def _build_world(preset: Preset, seed: int) -> _World:
     centers = rng.standard_normal((k, d))
     cluster = rng.choice(k, size=n, p=topic_w)
     cluster[0] = 0
-    z = np.sqrt(RHO) * centers[cluster] + np.sqrt(1 - RHO) * rng.standard_normal((n, d))
+    rho = knobs.topic_rho
+    z = np.sqrt(rho) * centers[cluster] + np.sqrt(1 - rho) * rng.standard_normal((n, d))
     z[0] = 0.0
     norm = np.linalg.norm(z, axis=1, keepdims=True)
     zn = np.divide(z, norm, out=np.zeros_like(z), where=norm > 0).astype(np.float32)
     # popularity
-    logpop = rng.normal(0.0, POP_SIGMA, n)
+    logpop = rng.normal(0.0, knobs.pop_sigma, n)
     pop = np.exp(logpop)
     pop[0] = 0.0
     logpop_std = (logpop - logpop[1:].mean()) / logpop[1:].std()
@@ -280,7 +330,7 @@ def _build_world(preset: Preset, seed: int) -> _World:
     keys = rng.standard_exponential((n, pool_size)) / zipf
     top = np.argpartition(keys, TAG_SLOTS - 1, axis=1)[:, :TAG_SLOTS]
     real = pools[cluster[:, None], top]  # (n, 5)
-    swap = rng.random((n, TAG_SLOTS)) < 0.15
+    swap = rng.random((n, TAG_SLOTS)) < knobs.tag_noise
     real = np.where(swap, rng.integers(1, n_tags + 1, size=(n, TAG_SLOTS)), real)
     n_real = rng.choice(np.arange(1, TAG_SLOTS + 1), size=n, p=[0.10, 0.15, 0.20, 0.20, 0.35])
     slot = np.arange(TAG_SLOTS)[None, :]
@@ -290,7 +340,7 @@ def _build_world(preset: Preset, seed: int) -> _World:
     tag_effect[0] = 0.0
     # frozen multimodal embedding: noisy linear view of z
     w_emb = rng.normal(0.0, 1.0 / np.sqrt(d), (EMB_DIM, d))
-    emb = (z @ w_emb.T + EMB_NOISE * rng.standard_normal((n, EMB_DIM))) * 0.25
+    emb = (z @ w_emb.T + knobs.emb_noise * rng.standard_normal((n, EMB_DIM))) * 0.25
     emb[0] = 0.0
     # image parameters: a random rotation of z
     img_rot, _ = np.linalg.qr(rng.standard_normal((d, d)))
@@ -302,7 +352,10 @@ def _build_world(preset: Preset, seed: int) -> _World:
     appeal = (z @ v + 0.3 * ((z @ v2) ** 2 - 1.0)) / 1.05
     id_effect = rng.normal(0.0, ID_SIGMA, n)
     item_const = (
-        A_APPEAL * appeal + A_TAG * tag_effect[tags].sum(axis=1) + A_POP * logpop_std + id_effect
+        A_APPEAL * appeal
+        + A_TAG * tag_effect[tags].sum(axis=1)
+        + knobs.pop_effect * logpop_std
+        + id_effect
     )
     item_const[0] = 0.0
     # engagement levels: deciles of noisy popularity
@@ -315,11 +368,12 @@ def _build_world(preset: Preset, seed: int) -> _World:
     # users
     rng_u = _rng(seed, 1)
     m = preset.n_users
-    user_len = history_lengths(rng_u, m)
+    user_len = history_lengths(rng_u, m, knobs)
     user_nfav = rng_u.integers(1, 4, m)
     user_fav = rng_u.choice(k, size=(m, 3), p=topic_w)
     return _World(
         preset=preset,
+        knobs=knobs,
         cluster=cluster.astype(np.int64),
         z=z,
         zn=zn,
@@ -369,7 +423,10 @@ def _gen_rows(
     cold: _Sampler | None = None,
 ) -> _Rows:
     """``n`` rows: users, histories, targets, levels and the click logit (without b0)."""
-    users = rng.integers(0, world.preset.n_users, n)
+    # users 0..seen-1 can appear in every split, the rest (unseen_user_frac) only where the
+    # rows have cold items allowed, i.e. in valid and test
+    seen = world.preset.n_users - int(round(world.knobs.unseen_user_frac * world.preset.n_users))
+    users = rng.integers(0, world.preset.n_users if cold is not None else seen, n)
     lengths = world.user_len[users]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     total = int(lengths.sum())
@@ -506,7 +563,11 @@ def _item_info_table(world: _World) -> pa.Table:
 
 
 def render_images(
-    z: np.ndarray, rot: np.ndarray, rng: np.random.Generator, size: int = IMAGE_SIZE
+    z: np.ndarray,
+    rot: np.ndarray,
+    rng: np.random.Generator,
+    size: int = IMAGE_SIZE,
+    noise: float = 0.02,
 ) -> np.ndarray:
     """Latent content (B, 16) -> uint8 images (B, size, size, 3); see the module docstring."""
     f32 = np.float32
@@ -535,7 +596,7 @@ def render_images(
     img = (1 - disc)[..., None] * (base[:, None, None, :] + shade[..., None])
     img += disc[..., None] * colour[:, None, None, :]
     img += stripes[..., None]
-    img += rng.standard_normal(img.shape, dtype=f32) * f32(0.02)
+    img += rng.standard_normal(img.shape, dtype=f32) * f32(noise)
     np.clip(img, 0.0, 1.0, out=img)
     return (img * 255 + 0.5).astype(np.uint8)
 
@@ -548,7 +609,7 @@ NOT_IMAGE_BYTES = (
 def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> dict[str, Any]:
     """Write ``item_images/<id>.jpg`` and ``item_images_manifest.csv``; returns counts."""
     from PIL import Image
-    from tqdm import tqdm
+    from mmctr.progress import track
 
     n = world.preset.n_items
     img_dir = out_dir / "item_images"
@@ -569,9 +630,12 @@ def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> d
         if path.stem.isdigit() and not 1 <= int(path.stem) < n:
             path.unlink()
     written = 0
-    for lo in tqdm(range(1, n, batch), desc="item images", unit="batch", leave=False):
+    for lo in track(range(1, n, batch), "item images", unit="batch"):
         hi = min(n, lo + batch)
-        pix = render_images(world.z[lo:hi], world.img_rot, _rng(seed, 8, lo))
+        rng_px = _rng(seed, 8, lo)
+        pix = render_images(
+            world.z[lo:hi], world.img_rot, rng_px, noise=world.knobs.image_noise
+        )
         for j, item in enumerate(range(lo, hi)):
             st = status.get(item)
             if st == "missing":
@@ -650,8 +714,12 @@ def generate(
     seed: int = 2025,
     images: bool = True,
     progress: bool = False,
+    knobs: Knobs | None = None,
 ) -> dict[str, Any]:
     """Write a MicroLens-shaped dataset into ``out_dir``; returns a summary dict.
+
+    ``knobs`` (:class:`Knobs`) changes the world's shape and signal strengths; the default
+    is the demo data. The summary's ``knobs`` lists those that differ from the default.
 
     The summary holds the paths (``paths``), row counts and positive rates per split,
     history-length statistics, the cold-target share of valid/test, the oracle AUC of
@@ -663,7 +731,8 @@ def generate(
     cfg = PRESETS[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = _build_world(cfg, seed)
+    knobs = knobs or Knobs()
+    world = _build_world(cfg, seed, knobs)
 
     def log(msg: str) -> None:
         if progress:
@@ -679,6 +748,7 @@ def generate(
     paths["oracle"] = str(out / "oracle.parquet")
     summary: dict[str, Any] = {"preset": preset, "seed": int(seed), "out_dir": str(out)}
     summary.update(n_items=cfg.n_items, n_users=cfg.n_users, b0=float(world.b0))
+    summary["knobs"] = knobs.changed()
 
     atomic_write_parquet(_item_info_table(world), paths["item_info"], **PARQUET_OPTIONS)
     log("item_info written")

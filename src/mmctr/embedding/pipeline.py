@@ -35,6 +35,7 @@ return at once.
 
 from __future__ import annotations
 
+import csv
 import datetime
 import hashlib
 import os
@@ -536,7 +537,7 @@ def _encode(
     item is done. Items whose image file is unchanged since the shard's old cache file are
     taken from it (not with ``force``), so only new and changed items reach the model. The
     workers ship uint8 pixels when :func:`split_processor` allows it."""
-    from tqdm.auto import tqdm
+    from mmctr.progress import Progress
 
     spec = model.spec
     plans = [_reusable_items(s, model_key, ids) if not force else ({}, None) for s in shards]
@@ -604,7 +605,7 @@ def _encode(
 
     start = time.perf_counter()
     write_done()  # shards whose every item comes from the cache
-    with tqdm(total=len(rows), unit="img", desc="embed", disable=not progress) as bar:
+    with Progress(len(rows), "embed", unit="img", enabled=progress) as bar:
         for batch in loader:
             n = len(batch.item_ids)
             st = batch.status.numpy()
@@ -645,6 +646,17 @@ def _check_vectors(vectors: np.ndarray, ids: np.ndarray, out: Path, column: str)
             f"{named.group(1)})"
         )
     return None
+
+
+def _planted_faults(image_dir: Path) -> dict[int, str]:
+    """item_id -> fault of ``<image_dir>_manifest.csv``, the list of faults the demo
+    generator planted on purpose (mmctr.data.demo); {} when there is none."""
+    manifest = image_dir.parent / f"{image_dir.name}_manifest.csv"
+    try:
+        with open(manifest, encoding="utf-8", newline="") as fh:
+            return {int(r["item_id"]): str(r["status"]) for r in csv.DictReader(fh)}
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
 
 
 def _status_table(ids: np.ndarray, status: np.ndarray, errors: np.ndarray, path: Path) -> None:
@@ -880,8 +892,20 @@ def generate_embeddings(
 
     counts = {name: int(np.sum(status == code)) for code, name in enumerate(STATUS_NAMES)}
     log.info("status: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    planted = _planted_faults(Path(image_dir))
+    bad = {int(i) for i in ids[(status == CORRUPT) | (status == MISSING)]}
     for i in np.flatnonzero(status == CORRUPT)[:5]:
-        log.info("corrupt item %d: %s", int(ids[i]), errors[i])
+        why = planted.get(int(ids[i]))
+        note = f" (expected: planted by the demo generator as {why})" if why else ""
+        log.info("corrupt item %d: %s%s", int(ids[i]), errors[i], note)
+    if planted:
+        log.info(
+            "%d of the %d missing/corrupt items are listed in %s_manifest.csv as planted by "
+            "the demo generator (expected faults)",
+            len(bad & set(planted)),
+            len(bad),
+            Path(image_dir).name,
+        )
     log.info(
         "PCA %d -> %d %s keeps %.1f%% of the variance (of the items it was fit on)",
         pca_used.raw_dim,
@@ -903,7 +927,46 @@ def generate_embeddings(
         "raw_dim": pca_used.raw_dim,
         "n_items": n,
         "counts": counts,
+        # missing/corrupt items the demo generator planted on purpose (its manifest), if any
+        "planted_faults": len(bad & set(planted)) if planted else None,
         "explained_variance": pca_used.explained_variance,
         "contract_check": "passed",
         "warnings": [warning] if warning else [],
     }
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """:func:`generate_embeddings`'s summary (rank 0's) as a few readable lines."""
+    counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+    check = s["contract_check"]
+    if s["warnings"]:
+        check += f", {len(s['warnings'])} warning(s): " + "; ".join(s["warnings"])
+    planted = ""
+    if s.get("planted_faults"):
+        planted = (
+            f"; {s['planted_faults']} of the missing/corrupt ones are expected (planted by the "
+            "demo generator, item_images_manifest.csv)"
+        )
+    lines = [
+        f"wrote {s['column']} ({s['dim']}-d, list<float32>; output check: {check}) for "
+        f"{s['n_items']} items: {s['out']}",
+        f"status ({counts}{planted}): {s['status_file']}",
+    ]
+    how = "fit here" if s["pca_source"] == "fit" else f"from --pca {s['pca_source']}"
+    lines.append(
+        f"PCA {s['raw_dim']} -> {s['dim']} ({how}) keeps {100 * s['explained_variance']:.1f}% "
+        f"of the variance: {s['pca_file']}"
+    )
+    if s["pca_previous"]:
+        lines.append(
+            f"the PCA changed (every vector moved); the previous one is kept: "
+            f"{s['pca_previous']} (rerun with --pca {s['pca_previous']} to keep the old vectors)"
+        )
+    ranks = f" on {s['world_size']} ranks" if s["world_size"] > 1 else ""
+    reused = f", {s['items_reused']} unchanged item(s) kept" if s["items_reused"] else ""
+    lines.append(
+        f"raw features: {s['cache_dir']} ({len(s['shards_computed'])} shard(s) written, "
+        f"{len(s['shards_reused'])} reused{reused}; {s['images_encoded']} images encoded{ranks} "
+        f"in {s['encode_seconds']:.1f} s, {s['images_per_s']:.1f} images/s)"
+    )
+    return lines

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from mmctr.config.loader import ConfigError
-from mmctr.config.schema import DatasetConfig, ModelBase
+from mmctr.config.schema import DatasetConfig, ModelBase, embedding_init_std
 from mmctr.data.dataset import ItemTable
 from mmctr.models.base import CTRModel
 from mmctr.models.dcnv2 import DCNv2
 from mmctr.models.din import DIN
 from mmctr.models.transformer_dcn import TransformerDCN
+from mmctr.models.transformer_dcn_ta import TargetAwareTransformerDCN
 
 MODELS: dict[str, type[CTRModel]] = {
     "Transformer_DCN": TransformerDCN,
+    "Transformer_DCN_TA": TargetAwareTransformerDCN,
     "DIN": DIN,
     "DCNv2": DCNv2,
 }
@@ -27,9 +29,19 @@ def build_model(cfg: ModelBase, dataset: DatasetConfig, items: ItemTable) -> CTR
     if cfg.model not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; known models: {sorted(MODELS)}")
     try:
-        return MODELS[cfg.model](cfg, dataset, items)
+        model = MODELS[cfg.model](cfg, dataset, items)
     except ValueError as exc:
         raise ConfigError(f"model {cfg.model} cannot be built from this config: {exc}") from exc
+    model.reset_parameters(embedding_init_std(cfg.embedding_initializer))
+    return model
 
 
-__all__ = ["CTRModel", "MODELS", "build_model", "TransformerDCN", "DIN", "DCNv2"]
+__all__ = [
+    "CTRModel",
+    "MODELS",
+    "build_model",
+    "TransformerDCN",
+    "TargetAwareTransformerDCN",
+    "DIN",
+    "DCNv2",
+]

@@ -45,12 +45,37 @@ class CTRModel(nn.Module):
         :class:`~mmctr.data.batching.BatchLoader`, which trims on the host before the copy
         (extra padding still gives the same result, up to rounding, as it is masked).
         """
-        seq = batch[HISTORY_COL]
-        if seq.device.type == "cpu":
-            seq = trim_leading_padding(seq, self.min_seq_len)
+        seq = self.history_ids(batch)
         target = self.item_encoder(batch[TARGET_COL])
         history = self.item_encoder(seq)
         return target, history, padding_mask(seq)
+
+    def reset_parameters(self, embedding_std: float | None = 1e-4) -> None:
+        """FuxiCTR's initialisation (``BaseModel.reset_parameters``): every plain
+        ``nn.Linear`` gets Xavier-normal weights and zero biases, every trainable embedding
+        table N(0, ``embedding_std``) with its padding row zero (FuxiCTR's default
+        ``embedding_initializer``). Layers with their own scheme (attention's fused input
+        projection, the low-rank cross experts) keep it, as in FuxiCTR. ``None`` keeps
+        PyTorch's defaults (N(0, 1) embeddings)."""
+        if embedding_std is None:
+            return
+        for m in self.modules():
+            if type(m) is nn.Linear:
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=embedding_std)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
+
+    def history_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The (B, L') history ids :meth:`encode_items` encodes (trimmed on the CPU)."""
+        seq = batch[HISTORY_COL]
+        if seq.device.type == "cpu":
+            seq = trim_leading_padding(seq, self.min_seq_len)
+        return seq
 
     def regularization_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(feature embeddings, everything else) for embedding_/net_regularizer, as FuxiCTR

@@ -143,7 +143,13 @@ class ItemEncoder(nn.Module):
     Output: the concatenation, (..., D). Item id 0 is padding: its tables are all zero.
 
     The item tables are registered as buffers, so a checkpoint is self-contained.
+
+    ``id_dropout`` (set by the model; 0 = off): while training, each looked-up item-id
+    embedding is zeroed with this probability (the others scaled by 1 / (1 - p), as
+    ``nn.Dropout`` does), so the content features have to carry the item too.
     """
+
+    id_dropout: float = 0.0
 
     def __init__(
         self,
@@ -181,7 +187,7 @@ class ItemEncoder(nn.Module):
         parts = []
         for f in self.specs:
             if f.name == TARGET_COL:
-                parts.append(self.embeddings[f.name](item_ids))
+                parts.append(self._id_embedding(self.embeddings[f.name](item_ids)))
                 continue
             table = getattr(self, f"table_{f.name}")
             values = table[item_ids]
@@ -192,6 +198,41 @@ class ItemEncoder(nn.Module):
             else:
                 parts.append(self.embeddings[f.name](values))
         return torch.cat(parts, dim=-1)
+
+    @property
+    def match_features(self) -> list[str]:
+        """The item features :meth:`match` compares: the ``sequence`` ones (item_tags) and
+        the frozen ``embedding`` ones (item_emb_d128)."""
+        return [f.name for f in self.specs if f.type in ("sequence", "embedding")]
+
+    def match(self, target_ids: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
+        """(B,), (B, L) -> (B, L, F), how alike each history item and the target are by
+        their fixed features, nothing learned: for a ``sequence`` feature (item_tags) the
+        share of the target's values the history item also carries, for a frozen
+        ``embedding`` (item_emb_d128) the cosine of the two vectors. 0 for padding."""
+        out = []
+        kinds = {f.name: f.type for f in self.specs}
+        for name in self.match_features:
+            table = getattr(self, f"table_{name}")
+            t, h = table[target_ids], table[seq_ids]  # (B, S), (B, L, S)
+            if kinds[name] == "embedding":
+                t = nn.functional.normalize(t.float(), dim=-1)
+                h = nn.functional.normalize(h.float(), dim=-1)
+                out.append(torch.einsum("bls,bs->bl", h, t))
+                continue
+            hit = (h.unsqueeze(-1) == t[:, None, None, :]).any(dim=2) & (t != 0).unsqueeze(1)
+            n = (t != 0).sum(-1, keepdim=True).clamp_min(1)  # (B, 1)
+            out.append(hit.sum(-1) / n)
+        if not out:
+            return seq_ids.new_zeros((*seq_ids.shape, 0), dtype=torch.float32)
+        return torch.stack(out, dim=-1).float()
+
+    def _id_embedding(self, emb: torch.Tensor) -> torch.Tensor:
+        p = self.id_dropout
+        if not (self.training and p > 0):
+            return emb
+        keep = torch.rand(emb.shape[:-1], device=emb.device) >= p
+        return emb * (keep.unsqueeze(-1).to(emb.dtype) / (1.0 - p))
 
 
 class SideEncoder(nn.Module):
@@ -466,3 +507,96 @@ class TargetAttention(nn.Module):
         else:
             scores = scores * valid.to(scores.dtype)
         return (scores.unsqueeze(-1) * history).sum(1)
+
+
+class TargetInterest(nn.Module):
+    """Target-aware read-out of the history: how much, and which of, the history the target
+    resembles.
+
+    history (B, L, D) left-padded (most recent LAST), target (B, D), pad (B, L) True =
+    padding -> (B, out_dim). With H = ``num_heads`` and d = ``head_dim``, per head:
+
+    - similarity ``s_j = <W_q t, W_k h_j> / sqrt(d)`` of the target with each history item;
+    - attention ``a = softmax_j(s_j + r[age_j])`` over the real items, ``r`` a learned bias
+      per recency bucket (age 0 = the most recent item; ages past ``recency_buckets - 1``
+      share the last bucket);
+    - ``pooled = sum_j a_j W_v h_j`` (d), and ``pooled * W_t t`` (d): an explicit product,
+      so a linear layer downstream reads a learned dot product with the target;
+    - three scalars: the attended similarity ``sum_j a_j s_j``, the largest and the mean
+      similarity over the real items.
+
+    With ``num_match`` = F > 0, ``match`` (B, L, F) holds fixed similarities of each history
+    item with the target (:meth:`ItemEncoder.match`: the share of the target's tags it
+    carries, the cosine of the frozen embeddings); they add ``match @ w`` (a learned weight per feature and head) to the attention
+    logits and F * (H + 2) read-outs: the attended share per head, the largest and the mean.
+    Exact matches are what sparse ids say before any embedding is learned (SIM's hard search
+    by category, Pi et al., CIKM 2020).
+
+    Output: ``[pooled || pooled * W_t t || scalars]`` over the heads [``|| match read-outs``],
+    (B, H * (2d + 3) [+ F * (H + 2)]). A row with no real item reads all zeros (its attention
+    is empty, not NaN). Dot products are
+    what a multiplicative click signal needs; an MLP over concatenated vectors has to
+    approximate them (Rendle et al., RecSys 2020).
+    """
+
+    def __init__(
+        self,
+        item_dim: int,
+        num_heads: int = 4,
+        head_dim: int = 16,
+        recency_buckets: int = 32,
+        num_match: int = 0,
+    ) -> None:
+        super().__init__()
+        self.h, self.d = int(num_heads), int(head_dim)
+        self.num_match = int(num_match)
+        self.match_weight = nn.Parameter(torch.zeros(self.num_match, self.h))
+        width = self.h * self.d
+        self.query = nn.Linear(item_dim, width, bias=False)
+        self.key = nn.Linear(item_dim, width, bias=False)
+        self.value = nn.Linear(item_dim, width, bias=False)
+        self.target_value = nn.Linear(item_dim, width, bias=False)
+        self.recency = nn.Parameter(torch.zeros(self.h, int(recency_buckets)))
+        self.out_dim = self.h * (2 * self.d + 3) + self.num_match * (self.h + 2)
+
+    def forward(
+        self,
+        history: torch.Tensor,
+        target: torch.Tensor,
+        pad: torch.Tensor,
+        match: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, seq_w, _ = history.shape
+        q = self.query(target).view(b, self.h, 1, self.d)
+        k = self.key(history).view(b, seq_w, self.h, self.d).transpose(1, 2)  # (B, H, L, d)
+        v = self.value(history).view(b, seq_w, self.h, self.d).transpose(1, 2)
+        sim = (q * k).sum(-1) / self.d**0.5  # (B, H, L)
+        age = torch.arange(seq_w - 1, -1, -1, device=history.device)
+        bias = self.recency[:, age.clamp(max=self.recency.shape[1] - 1)]  # (H, L)
+        valid = ~pad.unsqueeze(1)  # (B, 1, L)
+        logits = sim + bias
+        if self.num_match:
+            match = match.to(sim.dtype).masked_fill(pad.unsqueeze(-1), 0.0)  # (B, L, F)
+            logits = logits + torch.einsum("blf,fh->bhl", match, self.match_weight.to(sim.dtype))
+        logits = logits.masked_fill(~valid, float("-inf"))
+        attn = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty rows: all zero
+        pooled = (attn.unsqueeze(-1) * v).sum(2)  # (B, H, d)
+        tv = self.target_value(target).view(b, self.h, self.d)
+        n = valid.sum(-1)  # (B, 1)
+        sim0 = sim.masked_fill(~valid, 0.0)
+        top = sim.masked_fill(~valid, float("-inf")).amax(-1)
+        scalars = torch.stack(
+            [
+                (attn * sim0).sum(-1),
+                torch.where(n > 0, top, torch.zeros_like(top)),
+                sim0.sum(-1) / n.clamp_min(1),
+            ],
+            dim=-1,
+        )  # (B, H, 3)
+        out = torch.cat([pooled, pooled * tv, scalars], dim=-1).flatten(1)
+        if not self.num_match:
+            return out
+        # per match feature: attended (per head), largest and mean over the real items
+        attended = torch.einsum("bhl,blf->bfh", attn, match).flatten(1)
+        n_f = n.squeeze(1).unsqueeze(-1).clamp_min(1)  # (B, 1)
+        return torch.cat([out, attended, match.amax(1), match.sum(1) / n_f], dim=-1)

@@ -27,6 +27,8 @@ from mmctr.models.layers import MLP, CrossNetV2, SequenceEncoder
 class TransformerDCN(CTRModel):
     def __init__(self, cfg: TransformerDCNConfig, dataset: DatasetConfig, items: ItemTable) -> None:
         super().__init__(cfg, dataset, items)
+        if cfg.transformer_layers < 1:
+            raise ValueError("transformer_layers must be at least 1 (Transformer_DCN_TA takes 0)")
         self.min_seq_len = cfg.first_k_cols
         item_dim = self.item_encoder.out_dim
         self.sequence = SequenceEncoder(

@@ -110,6 +110,7 @@ def predict_submission(
     overrides: list[str] | None = None,
     allow_hash_mismatch: bool = False,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Score the test file with the best checkpoint of ``expid`` and write the submission.
 
@@ -150,6 +151,12 @@ def predict_submission(
     _output_paths(out_dir, expid)  # a bad --out fails now, not after the scoring
     keep_freed_memory()  # as in training: big activation blocks are reused, not re-faulted
     device = resolve_device(gpu)
+    threads_line = None
+    if device.type == "cpu":  # --threads, else the config's num_threads, else the default
+        from mmctr.threads import configure_threads
+
+        num = threads or (current.trainer.num_threads if current is not None else None)
+        threads_line = configure_threads(num)[1]
     model, cfg, ckpt = ckpt_io.load_model(checkpoint, device)
     ds = cfg.dataset
     named = (expid, current.dataset.dataset_id if current else ds.dataset_id)
@@ -186,6 +193,7 @@ def predict_submission(
     seconds = time.perf_counter() - t0
     csv_path, zip_path = write_submission(probs, out_dir, cfg.expid, column, n_rows=split.n_rows)
     summary: dict[str, Any] = {
+        "threads": threads_line,
         "rows": int(split.n_rows),
         "mean_prediction": float(probs.mean()) if len(probs) else float("nan"),
         "csv": str(csv_path),

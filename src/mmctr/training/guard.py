@@ -71,6 +71,9 @@ class DivergenceGuard:
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._step = torch.full((), float(first_step), dtype=torch.float64, device=device)
         self.rows = 0  # samples counted since the last reset (host count, no wait)
+        # the last step's gradient norm (when clipping computes one), read with the loss
+        self._grad_norm = torch.full((), float("nan"), dtype=torch.float64, device=device)
+        self.grad_norm: float | None = None  # as of the last read()
 
     def reset_loss(self) -> None:
         self._loss_sum.zero_()
@@ -102,6 +105,7 @@ class DivergenceGuard:
             raise ValueError("grad_scale needs a fused optimizer that skips on the device")
         if grad_norm is not None:
             self._bad.logical_or_(~torch.isfinite(grad_norm.detach()))
+            self._grad_norm.copy_(grad_norm.detach())
         if self.distributed:
             torch_dist.all_reduce(self._bad)  # every rank skips the same steps
             self._bad.clamp_(max=1.0)
@@ -125,8 +129,11 @@ class DivergenceGuard:
     def read(self) -> tuple[float, int, int | None]:
         """(summed loss, samples) since the last :meth:`reset_loss`, and the number of the
         first skipped step so far (counted from 0, like the trainer's steps), or None. One
-        host wait."""
-        loss_sum, first_bad = torch.stack([self._loss_sum, self._first_bad]).tolist()
+        host wait; it also sets :attr:`grad_norm` (the last step's, None when not computed)."""
+        loss_sum, first_bad, norm = torch.stack(
+            [self._loss_sum, self._first_bad, self._grad_norm]
+        ).tolist()
+        self.grad_norm = norm if norm == norm else None
         return loss_sum, self.rows, (int(first_bad) if first_bad >= 0 else None)
 
 

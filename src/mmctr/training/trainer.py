@@ -33,19 +33,22 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, ExperimentConfig, canonical_json
 from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.contract import DataContractError
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
+from mmctr.progress import Progress
+from mmctr.threads import configure_threads
 from mmctr.training import checkpoint as ckpt_io
+from mmctr.training.baselines import fit_baselines, report_baselines
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
 from mmctr.training.graphs import GraphedStep, configure_for_graphs
 from mmctr.training.guard import DivergenceGuard
 from mmctr.training.metrics import evaluate_predictions, monitor_value
 from mmctr.training.step import TrainStep, autocast_ctx
+from mmctr.training.tracking import RunTracker, hparams_of
 from mmctr.utils import (
     atomic_write_text,
     cpu_supports_bf16,
@@ -199,12 +202,15 @@ def predict_probs(
     model.eval()
     out = np.empty(loader.split.n_rows, dtype=np.float32)
     pos = 0
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    bar = Progress(len(loader), desc, unit="batch", rate_unit="rows", enabled=progress)
+    for batch in loader:
         with autocast_ctx(loader.device, bf16):
             logits = model(batch)
         p = torch.sigmoid(logits.float()).cpu().numpy()
         out[pos : pos + len(p)] = p
         pos += len(p)
+        bar.update(1, rows=len(p))
+    bar.close()
     assert pos == loader.split.n_rows
     return out
 
@@ -279,13 +285,18 @@ def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True
     """Train ``cfg`` (an ExperimentConfig) and return ``{"valid": ..., "test": ..., "run_dir": ...}``."""
     dist = init_distributed(use_cuda=gpu is not None and int(gpu) >= 0)
     made = _first_missing(run_dir_of(cfg))
+    tracker = RunTracker()  # TensorBoard (training/tracking.py); finished here, after _train
     try:
-        return _train(cfg, gpu, resume, progress, dist)
+        results = _train(cfg, gpu, resume, progress, dist, tracker)
+        tracker.finish(results, hparams_of(cfg))
+        return results
     except Exception:
         if made is not None and dist.is_main:
+            tracker.close()
             _remove_failed_start(run_dir_of(cfg), made)
         raise
     finally:
+        tracker.close()
         shutdown_distributed()
 
 
@@ -314,8 +325,11 @@ def _remove_failed_start(run_dir: Path, top: Path) -> None:
                 break
 
 
-def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[str, Any]:
+def _train(
+    cfg, gpu, resume: bool, progress: bool, dist: DistContext, tracker: RunTracker | None = None
+) -> dict[str, Any]:
     t = cfg.trainer
+    tracker = tracker or RunTracker()
     if dist.enabled and gpu is not None and int(gpu) >= 0:
         device = resolve_device(dist.local_rank)
     else:
@@ -341,6 +355,8 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
     for note in getattr(cfg, "notices", []):
         log.info("notice: %s", note)
     log.info("memory: %s", keep_freed_memory())
+    if device.type == "cpu":
+        configure_threads(t.num_threads, log)  # logged; warns on a busy machine
     cfg_dict = cfg.to_dict()
     last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
     saved = None
@@ -517,7 +533,15 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 log.info("no improvement: learning rate -> %.2e", state.lr)
             if state.bad_evals >= t.early_stop_patience:
                 state.stopped = True
-                log.info("early stopping: %d evaluations without improvement", state.bad_evals)
+                log.info(
+                    "early stopping: stopped %s epoch %s of %d: %d evaluation(s) without "
+                    "improvement (early_stop_patience %d)",
+                    "after" if float(epoch_float).is_integer() else "at",
+                    f"{epoch_float:g}",
+                    t.epochs,
+                    state.bad_evals,
+                    t.early_stop_patience,
+                )
         if not t.save_best_only and main:
             ckpt_io.save_best(
                 run_dir / f"model_step{state.step}.pt",
@@ -526,6 +550,7 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 items_shapes,
                 {"epoch": epoch_float, "step": state.step, "valid": metrics},
             )
+        tracker.evaluation(state.step, record)
         net_model.train()
 
     # ---- the loop ----------------------------------------------------------------------
@@ -583,6 +608,17 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
 
     t_train = time.perf_counter()
     epoch_times: list[dict[str, float]] = []
+    running = state.running[0] if state.batches_done else None  # rank 0's, mid-epoch
+    tracker.start(
+        run_dir,
+        enabled=t.tensorboard and main,
+        first_step=state.step,
+        log=log,
+        resumed=resume,
+        epoch=state.epoch,
+        running=running,
+        world_size=dist.world_size,
+    )
     while state.epoch < t.epochs and not state.stopped:
         epoch = state.epoch
         t_epoch = time.perf_counter()
@@ -594,15 +630,15 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
             running = state.running[dist.rank % len(state.running)]
             guard.restore(running[0], int(running[1]))
             log.info("resuming epoch %d at batch %d of %d", epoch + 1, start + 1, n_batches)
-        bar = tqdm(
-            loader.batches(start),
-            total=n_batches,
+        bar = Progress(
+            n_batches,
+            f"epoch {epoch + 1}/{t.epochs}",
+            unit="batch",
+            rate_unit="samples",
             initial=start,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-            disable=not (progress and main),
-            leave=False,
+            enabled=progress and main,
         )
-        for i, batch in enumerate(bar, start=start):
+        for i, batch in enumerate(loader.batches(start), start=start):
             window = i // t.accumulation_steps
             closes_window = (i + 1) % t.accumulation_steps == 0 or i + 1 == n_batches
             rows = int(batch["label"].shape[0])
@@ -626,14 +662,16 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                 if closes_window:
                     step.optimizer_step()
             guard.count(rows)
+            bar.update(1, rows=rows * dist.world_size)
             if not closes_window:
                 continue
             state.step += 1
             evaluating = bool(t.eval_steps) and state.step % t.eval_steps == 0
             if evaluating or state.step % check_every == 0:
                 loss_sum, seen = checked_loss(epoch, i + 1)
+                tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
                 if progress and main:
-                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
+                    bar.set_postfix(loss=loss_sum / max(seen, 1))
             if evaluating:
                 total = dist.all_reduce_sum(loss_sum) / max(dist.all_reduce_sum(seen), 1)
                 evaluate_and_checkpoint(total, epoch + (i + 1) / n_batches)
@@ -641,7 +679,9 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
                     break
                 if i + 1 < n_batches:  # a kill from here on loses only steps since this one
                     save_last(i + 1, loss_sum, seen)
+        bar.close()
         loss_sum, seen = checked_loss(epoch, n_batches)
+        tracker.train_step(state.step, epoch, loss_sum, seen, state.lr, guard.grad_norm)
         loop_seconds = time.perf_counter() - t_epoch
         state.epoch = epoch + 1
         total_seen = int(dist.all_reduce_sum(seen))
@@ -678,6 +718,13 @@ def _train(cfg, gpu, resume: bool, progress: bool, dist: DistContext) -> dict[st
         test_split = read_split(ds.test_data, ds, require_label=False, **read)
         if test_split.labels is not None:
             results["test"] = score(test_split)
+    if t.baselines and main:
+        labelled = {"valid": valid_split}
+        if "test" in results:
+            labelled["test"] = test_split
+        results["baselines"] = report_baselines(
+            fit_baselines(train_split, labelled, ds, items, seed=t.seed), results["valid"], log
+        )
     results["history"] = [h for h in state.history if "AUC" in h]
     results["best_step"] = best.get("step")
     results["epochs"] = state.epoch

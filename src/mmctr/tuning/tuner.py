@@ -78,6 +78,8 @@ from mmctr.config import (
     parse_tuner_id,
 )
 from mmctr.config import loader as config_loader
+from mmctr.progress import Progress
+from mmctr.threads import default_num_threads
 from mmctr.utils import atomic_write_text, check_gpu_exists
 
 TUNER_KEYS = ("base_config", "base_expid", "dataset_id", "dataset_config", "tuner_space")
@@ -422,6 +424,8 @@ def run_tuner(
     queue = deque(todo)
     running: dict[int, _Running] = {}
     restore = _sigterm_as_interrupt()
+    # a line every ~20 s while runs go (their own output is in their logs)
+    progress = Progress(len(todo), "tuner", unit="runs", bar=False, write=echo)
     try:
         while queue or running:
             for slot, gpu in enumerate(slots):
@@ -434,7 +438,10 @@ def run_tuner(
             for slot in done:
                 _finish(running.pop(slot), spec.n_points, echo)
                 write_csv()
+                progress.update(1)
             if not done:
+                progress.set_postfix(running=", ".join(r.exp.expid for r in running.values()))
+                progress.refresh()
                 time.sleep(_POLL_SECONDS)
     finally:
         for r in running.values():  # interrupted: stop what still runs, keep a valid CSV
@@ -551,11 +558,12 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
 
 def _child_env(slots: list[int]) -> dict[str, str]:
     """The subprocesses' environment: unbuffered output; CPU runs side by side share the cores
-    (each gets cores / CPU slots threads) unless the user set OMP_NUM_THREADS."""
+    (each gets physical cores / CPU slots threads, mmctr.threads) unless the user set
+    OMP_NUM_THREADS."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cpu_slots = sum(1 for g in slots if g < 0)
     if cpu_slots > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
+        env["OMP_NUM_THREADS"] = str(default_num_threads(cpu_slots))
     return env
 
 

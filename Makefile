@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench clean-demo
+.PHONY: install demo test test-fast drill lint format bench clean-demo
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@echo "installing the pinned dependencies into $(VENV) (quiet; a few minutes the first time, torch is the big one)"
@@ -27,6 +27,11 @@ test: install
 test-fast: install
 	@echo "running the test suite without the slow end-to-end tests: a few minutes, one dot per test"
 	$(PY) -m pytest -q -m "not slow"
+
+## drill: SIGKILL every long-running command at seeded moments, a full disk, a read-only folder,
+## and a corpus of bad inputs, on the tiny preset; one line of counts, exit 1 if any falls short
+drill: install
+	$(PY) scripts/drill.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -14,6 +15,26 @@ from typing import IO, Any
 
 import numpy as np
 
+# errno values that mean "this place cannot take the file", not a bug: a full disk or quota,
+# a size limit, a read-only or forbidden folder, a file where a folder should be.
+WRITE_FAILURES = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+)
+
+
+class OutputError(OSError):
+    """An output file could not be written (full disk, read-only folder...): the message names
+    the file; the previous version of it, if any, is untouched."""
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    why = exc.strerror or str(exc)
+    return OutputError(
+        exc.errno,
+        f"could not write {path}: {why} (errno {exc.errno}); any previous {path.name} is "
+        "left as it was",
+    )
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
@@ -21,11 +42,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
 
     A crash (or an exception inside the block) never leaves a half-written ``path``: either
     the old file or the complete new one is there. A symlink is followed: its target is
-    replaced and the link kept.
+    replaced and the link kept. A full disk or a read-only folder is an :class:`OutputError`
+    naming ``path``.
     """
     path = Path(os.path.realpath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in WRITE_FAILURES:
+            raise _output_error(path, exc) from None
+        raise
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -36,9 +63,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_FAILURES:
+            raise _output_error(path, exc) from None
         raise
 
 
@@ -61,7 +90,30 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
+        sink = _WriteErrors(fh)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:  # torch's zip writer reports a failed write() as its own error
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+class _WriteErrors:
+    """A file wrapper that keeps the first OSError of ``write`` (torch.save hides it)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def atomic_write_parquet(table: Any, path: str | os.PathLike, **kwargs: Any) -> None:

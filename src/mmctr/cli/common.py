@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from mmctr.config.loader import ConfigError
-from mmctr.utils import DeviceError
+from mmctr.utils import WRITE_FAILURES, DeviceError, OutputError
 
 if TYPE_CHECKING:
     from mmctr.config.loader import ExperimentConfig
@@ -105,7 +105,13 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    kinds: list[type[BaseException]] = [ConfigError, UserError, FileNotFoundError, DeviceError]
+    kinds: list[type[BaseException]] = [
+        ConfigError,
+        UserError,
+        FileNotFoundError,
+        DeviceError,
+        OutputError,
+    ]
     # The data and training layers may not be imported; an exception of their classes can
     # only have been raised if its module is loaded, so look there instead of importing it.
     for module, name in (
@@ -122,9 +128,18 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 def describe_user_error(exc: BaseException) -> str:
     """The one-paragraph message ``run_cli`` prints (without the ``error: `` prefix)."""
-    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+    if isinstance(exc, OutputError):
+        return str(exc.strerror)
+    if isinstance(exc, FileNotFoundError | PermissionError) and exc.filename is not None:
         return f"{exc.strerror or 'file not found'}: {exc.filename}"
+    if _cannot_write(exc):
+        return f"could not write {exc.filename}: {exc.strerror} (errno {exc.errno})"
     return str(exc) or type(exc).__name__
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """A full disk or a read-only / forbidden place for a named file (a folder being made)."""
+    return isinstance(exc, OSError) and exc.errno in WRITE_FAILURES and exc.filename is not None
 
 
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
@@ -139,7 +154,7 @@ def run_cli(main: Callable[[], int | None]) -> NoReturn:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
-        if not isinstance(exc, _user_error_types()):
+        if not (isinstance(exc, _user_error_types()) or _cannot_write(exc)):
             raise
         print(f"error: {describe_user_error(exc)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -259,7 +259,19 @@ def load_yaml(path: str | os.PathLike) -> Any:
         try:
             return yaml.load(fh, Loader=YamlLoader)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where and what (``line 3, column 5: found duplicate key 'epochs'``)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (
+        f" ({context})" if context else ""
+    )
 
 
 def parse_yaml_value(text: str) -> Any:
@@ -398,6 +410,17 @@ def read_dataset_block(
     return _single(data_blocks[dataset_id], "dataset_id", dataset_id)
 
 
+def _check_folder_name(what: str, name: str, source: str) -> None:
+    """``expid`` and ``dataset_id`` name folders (``<model_root>/<dataset_id>/<expid>/``) and
+    files (``<expid>.zip``): a name that is not one plain path component could write outside
+    ``model_root``."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(
+            f"{what} {name!r} (from {source}) is not a plain name: it names a folder, so it "
+            "must not be empty, '.' or '..', or hold '/' or '\\'"
+        )
+
+
 def load_config(
     config_dir: str | os.PathLike,
     expid: str,
@@ -421,6 +444,7 @@ def load_config(
             params[key] = copy.deepcopy(value)
             sources[key] = source
 
+    _check_folder_name("expid", expid, "--expid")
     # Base, then the expid block.
     expid_blocks = read_expid_blocks(config_dir, expid)
     for source, block in expid_blocks:
@@ -441,6 +465,7 @@ def load_config(
         raise ConfigError(
             f"dataset_id (from {sources['dataset_id']}) must be a name, got {_show(dataset_id)}"
         )
+    _check_folder_name("dataset_id", dataset_id, sources["dataset_id"])
     data_path, data_block = read_dataset_block(config_dir, dataset_id)
     if data_block.get("dataset_id", dataset_id) != dataset_id:
         raise ConfigError(

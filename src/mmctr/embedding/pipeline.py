@@ -758,9 +758,9 @@ def generate_embeddings(
         if cache_dir is not None
         else out.parent / ".emb_cache" / f"{spec.slug}-{model_key[:12]}"
     )
-    _prepare_cache(cache, given=cache_dir is not None)
     image_model = _Model(spec)
     given_pca = _load_pca_for(Path(pca), image_model, dim) if pca is not None else None
+    _prepare_cache(cache, given=cache_dir is not None)  # after the checks: a refusal makes nothing
     if dim is None:
         dim = given_pca.dim if given_pca is not None else 128
     if spec.raw_dim is not None and dim > spec.raw_dim:  # fail before hours of encoding

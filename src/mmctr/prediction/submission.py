@@ -9,6 +9,7 @@ the test file (FuxiCTR 2.3.10's parquet loader scrambles this order).
 from __future__ import annotations
 
 import io
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -47,8 +48,13 @@ def _output_paths(out_dir: str | Path, expid: str) -> tuple[Path, Path]:
     """``prediction.csv`` and ``<expid>.zip`` in ``out_dir``; refused before any scoring when
     they cannot be written there (a file where the folder should be, a folder at a file's path)."""
     out_dir = Path(out_dir)
+    if expid in ("", ".", "..") or Path(expid).name != expid or "\\" in expid:
+        raise SubmissionError(f"expid {expid!r} is not a plain name: {expid}.zip would leave --out")
     if out_dir.exists() and not out_dir.is_dir():
         raise SubmissionError(f"--out {out_dir} is a file, not a folder")
+    above = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise SubmissionError(f"--out {out_dir}: {above} is a file, not a folder")
     paths = out_dir / "prediction.csv", out_dir / f"{expid}.zip"
     for path in paths:
         if path.is_dir():
@@ -81,6 +87,8 @@ def write_submission(
     text = buf.getvalue().encode("utf-8")
     with atomic_open(csv_path, "wb") as csv_fh:
         csv_fh.write(text)
+        csv_fh.flush()  # a full disk fails here, before the zip replaces the old one
+        os.fsync(csv_fh.fileno())
         with (
             atomic_open(zip_path, "wb") as fh,
             zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf,

@@ -36,6 +36,7 @@ from torch import nn
 
 from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, ExperimentConfig, canonical_json
 from mmctr.data.batching import BatchLoader, batch_sizes
+from mmctr.data.contract import DataContractError
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
 from mmctr.models import build_model
 from mmctr.progress import Progress
@@ -283,14 +284,45 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
 def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an ExperimentConfig) and return ``{"valid": ..., "test": ..., "run_dir": ...}``."""
     dist = init_distributed(use_cuda=gpu is not None and int(gpu) >= 0)
+    made = _first_missing(run_dir_of(cfg))
     tracker = RunTracker()  # TensorBoard (training/tracking.py); finished here, after _train
     try:
         results = _train(cfg, gpu, resume, progress, dist, tracker)
         tracker.finish(results, hparams_of(cfg))
         return results
+    except Exception:
+        if made is not None and dist.is_main:
+            tracker.close()
+            _remove_failed_start(run_dir_of(cfg), made)
+        raise
     finally:
         tracker.close()
         shutdown_distributed()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The top-most folder of ``path`` that does not exist yet (None: ``path`` exists)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_failed_start(run_dir: Path, top: Path) -> None:
+    """A new run that failed before writing anything but its log (bad data, a config the
+    model refuses) leaves no run folder behind: the error went to stderr. Only empty folders
+    up to ``top`` (made by this run) are removed; another run's files are never touched."""
+    if not run_dir.is_dir() or any(p.name != "train.log" for p in run_dir.iterdir()):
+        return
+    get_logger("mmctr.train")  # closes its handler on train.log
+    with contextlib.suppress(OSError):
+        (run_dir / "train.log").unlink(missing_ok=True)
+        for folder in [run_dir, *run_dir.parents]:
+            folder.rmdir()  # fails (and stops) at the first folder that is not empty
+            if folder == top:
+                break
 
 
 def _train(
@@ -342,6 +374,9 @@ def _train(
     read = dict(n_items=items.n_items, max_len=t.max_len, group_col=cfg.group_col)
     train_split = read_split(ds.train_data, ds, **read)
     valid_split = read_split(ds.valid_data, ds, **read)
+    for path, split in ((ds.train_data, train_split), (ds.valid_data, valid_split)):
+        if split.n_rows == 0:
+            raise DataContractError(f"{path}: the file has no rows (expected at least one)")
     log.info(
         "data: %d items, %d train rows, %d valid rows, history width %d (%.1fs)",
         items.n_items,

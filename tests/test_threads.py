@@ -48,6 +48,8 @@ def test_busy_warning_names_the_remedy(monkeypatch):
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (5.5, 4.0, 3.0))
     warning = threads.busy_warning(2)
     assert "load average 5.5 on 2 core(s)" in warning and "--threads 1" in warning
+    one = threads.busy_warning(1)  # one thread already: fewer threads is no remedy
+    assert "one thread shares a core" in one and "--threads" not in one
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
     assert threads.busy_warning(2) is None
 

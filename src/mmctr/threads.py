@@ -80,10 +80,12 @@ def busy_warning(threads: int) -> str | None:
     cores = len(cpus_available())
     if load <= cores:
         return None
-    return (
-        f"the machine is busy: load average {load:.1f} on {cores} core(s). This run's "
-        f"{threads} thread(s) share the cores with other work and may run several times "
-        "slower (spinning OpenMP threads); give each run fewer threads (--threads 1, "
+    head = f"the machine is busy: load average {load:.1f} on {cores} core(s). "
+    if threads <= 1:  # nothing to take away: only time helps
+        return head + "This run's one thread shares a core with other work: expect it slower"
+    return head + (
+        f"This run's {threads} threads share the cores with other work and may run several "
+        "times slower (spinning OpenMP threads); give each run fewer threads (--threads 1, "
         "num_threads: 1 or OMP_NUM_THREADS=1), or run when the other work is done"
     )
 

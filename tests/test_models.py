@@ -61,39 +61,28 @@ def _batch(b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
+TDCN_TINY = dict(
+    embedding_dim=8,
+    num_heads=2,
+    transformer_layers=1,
+    dim_feedforward=16,
+    first_k_cols=4,
+    dcn_cross_layers=2,
+    dcn_hidden_units=[16],
+    mlp_hidden_units=[8],
+)
+
+
 def _tdcn(**kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = TransformerDCNConfig(
-        embedding_dim=8,
-        num_heads=2,
-        transformer_layers=1,
-        dim_feedforward=16,
-        first_k_cols=4,
-        dcn_cross_layers=2,
-        dcn_hidden_units=[16],
-        mlp_hidden_units=[8],
-        **kw,
-    )
+    cfg = TransformerDCNConfig(**{**TDCN_TINY, **kw})
     return build_model(cfg, _dataset(), _items()).eval()
 
 
 def _tdcn_ta(**kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    base = dict(
-        embedding_dim=8,
-        num_heads=2,
-        transformer_layers=1,
-        dim_feedforward=16,
-        first_k_cols=4,
-        dcn_cross_layers=2,
-        dcn_hidden_units=[16],
-        mlp_hidden_units=[8],
-        interest_heads=2,
-        interest_head_dim=4,
-        recency_buckets=6,
-        id_dropout=0.2,
-    )
-    cfg = TransformerDCNTAConfig(**{**base, **kw})
+    interest = dict(interest_heads=2, interest_head_dim=4, recency_buckets=6, id_dropout=0.2)
+    cfg = TransformerDCNTAConfig(**{**TDCN_TINY, **interest, **kw})
     return build_model(cfg, _dataset(), _items()).eval()
 
 
@@ -543,9 +532,8 @@ def test_id_dropout_acts_only_while_training():
 def test_transformer_dcn_still_needs_its_transformer():
     from mmctr.config.loader import ConfigError
 
-    cfg = TransformerDCNConfig(embedding_dim=8, num_heads=2, transformer_layers=0)
     with pytest.raises(ConfigError, match="transformer_layers must be at least 1"):
-        build_model(cfg, _dataset(), _items())
+        _tdcn(transformer_layers=0)
 
 
 def test_models_start_from_fuxictrs_initialisation():

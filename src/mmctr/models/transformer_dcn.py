@@ -24,6 +24,22 @@ from mmctr.models.base import CTRModel
 from mmctr.models.layers import MLP, CrossNetV2, SequenceEncoder
 
 
+def parallel_dcn(width: int, cfg: TransformerDCNConfig) -> tuple[CrossNetV2, MLP, MLP]:
+    """The interaction arch over a (B, width) input: CrossNetV2 beside an MLP
+    (``dcn_hidden_units``), then the head MLP (``mlp_hidden_units``) -> 1 logit."""
+    cross = CrossNetV2(width, cfg.dcn_cross_layers, cfg.cross_low_rank, cfg.cross_num_experts)
+    dnn = MLP(width, cfg.dcn_hidden_units, cfg.hidden_activations, cfg.net_dropout, cfg.batch_norm)
+    head = MLP(
+        width + dnn.output_dim,
+        cfg.mlp_hidden_units,
+        cfg.hidden_activations,
+        cfg.net_dropout,
+        cfg.batch_norm,
+        output_dim=1,
+    )
+    return cross, dnn, head
+
+
 class TransformerDCN(CTRModel):
     def __init__(self, cfg: TransformerDCNConfig, dataset: DatasetConfig, items: ItemTable) -> None:
         super().__init__(cfg, dataset, items)
@@ -41,20 +57,7 @@ class TransformerDCN(CTRModel):
             concat_max_pool=cfg.concat_max_pool,
         )
         width = self.side_encoder.out_dim + item_dim + self.sequence.out_dim
-        self.cross = CrossNetV2(
-            width, cfg.dcn_cross_layers, cfg.cross_low_rank, cfg.cross_num_experts
-        )
-        self.parallel_dnn = MLP(
-            width, cfg.dcn_hidden_units, cfg.hidden_activations, cfg.net_dropout, cfg.batch_norm
-        )
-        self.head = MLP(
-            width + self.parallel_dnn.output_dim,
-            cfg.mlp_hidden_units,
-            cfg.hidden_activations,
-            cfg.net_dropout,
-            cfg.batch_norm,
-            output_dim=1,
-        )
+        self.cross, self.parallel_dnn, self.head = parallel_dcn(width, cfg)
         self.input_width = width
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -33,7 +33,8 @@ import torch
 from mmctr.config.schema import DatasetConfig, TransformerDCNTAConfig
 from mmctr.data.dataset import HISTORY_COL, TARGET_COL, ItemTable
 from mmctr.models.base import CTRModel
-from mmctr.models.layers import MLP, CrossNetV2, SequenceEncoder, TargetInterest
+from mmctr.models.layers import SequenceEncoder, TargetInterest
+from mmctr.models.transformer_dcn import parallel_dcn
 
 
 class TargetAwareTransformerDCN(CTRModel):
@@ -65,20 +66,7 @@ class TargetAwareTransformerDCN(CTRModel):
         )
         seq_dim = self.sequence.out_dim if self.sequence is not None else 0
         width = self.side_encoder.out_dim + item_dim + seq_dim + self.interest.out_dim
-        self.cross = CrossNetV2(
-            width, cfg.dcn_cross_layers, cfg.cross_low_rank, cfg.cross_num_experts
-        )
-        self.parallel_dnn = MLP(
-            width, cfg.dcn_hidden_units, cfg.hidden_activations, cfg.net_dropout, cfg.batch_norm
-        )
-        self.head = MLP(
-            width + self.parallel_dnn.output_dim,
-            cfg.mlp_hidden_units,
-            cfg.hidden_activations,
-            cfg.net_dropout,
-            cfg.batch_norm,
-            output_dim=1,
-        )
+        self.cross, self.parallel_dnn, self.head = parallel_dcn(width, cfg)
         self.input_width = width
         self.history_dropout = float(cfg.history_dropout)
 

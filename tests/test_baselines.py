@@ -122,3 +122,23 @@ def test_report_warns_when_the_model_does_not_beat_the_best_baseline(caplog):
     )
     assert [r.levelno for r in caplog.records].count(logging.WARNING) == 1
     assert "does not beat the logreg baseline" in lines[-1]
+
+
+def test_split_take_gathers_rows_with_their_histories():
+    split = _split([1, 2, 3, 4], [[1, 2], [], [3], [4, 5, 1]], [0, 1, 0, 1])
+    part = split.take(np.array([3, 1, 0]))
+    assert part.n_rows == 3 and part.labels.tolist() == [1, 1, 0]
+    assert part.columns["item_id"].tolist() == [4, 2, 1]
+    dense = part.history.dense()
+    assert dense[0, -3:].tolist() == [4, 5, 1] and dense[1].sum() == 0
+    assert dense[2, -2:].tolist() == [1, 2]
+
+
+def test_a_large_train_split_is_subsampled_for_the_regression():
+    rng = np.random.default_rng(2)
+    n = 300
+    hist = [list(rng.integers(1, 6, rng.integers(1, 4))) for _ in range(n)]
+    train = _split(rng.integers(1, 6, n), hist, rng.integers(0, 2, n), rng.integers(0, 3, n))
+    valid = _split(rng.integers(1, 6, 40), hist[:40], rng.integers(0, 2, 40))
+    out = fit_baselines(train, {"valid": valid}, _dataset(), ITEMS, max_train_rows=100)
+    assert out["logreg"]["fit_rows"] == 100 and out["logreg"]["subsampled"] is True

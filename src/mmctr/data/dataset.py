@@ -83,6 +83,13 @@ class History:
         off = self.offsets[lo : hi + 1]
         return History(self.values[off[0] : off[-1]], off - off[0], self.width)
 
+    def take(self, rows: np.ndarray) -> History:
+        """The histories of ``rows`` (indices, in that order) as a new History (a copy)."""
+        lengths = self.lengths[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(self.offsets.dtype)
+        idx = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return History(self.values[idx], offsets, self.width)
+
 
 @dataclass
 class SplitData:
@@ -115,6 +122,18 @@ class SplitData:
             seq_len=self.seq_len[lo:hi],
             labels=None if self.labels is None else self.labels[lo:hi],
             groups=None if self.groups is None else self.groups[lo:hi],
+        )
+
+    def take(self, rows: np.ndarray) -> SplitData:
+        """Rows ``rows`` (indices, in that order) as a new SplitData (copies)."""
+        return SplitData(
+            path=self.path,
+            n_rows=len(rows),
+            columns={k: v[rows] for k, v in self.columns.items()},
+            history=self.history.take(rows),
+            seq_len=self.seq_len[rows],
+            labels=None if self.labels is None else self.labels[rows],
+            groups=None if self.groups is None else self.groups[rows],
         )
 
 

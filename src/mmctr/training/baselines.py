@@ -203,7 +203,7 @@ def fit_baselines(
     if train.n_rows > max_train_rows:
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(train.n_rows, max_train_rows, replace=False))
-    fit_split = train.slice(0, train.n_rows) if len(rows) == train.n_rows else _take(train, rows)
+    fit_split = train if len(rows) == train.n_rows else train.take(rows)
     oof_rate, oof_shows = out_of_fold_rate(target, y, n_items, seed)
     x_fit = baseline_features(fit_split, dataset, items, oof_rate[rows], oof_shows[rows])
     logreg = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
@@ -252,22 +252,3 @@ def report_baselines(baselines: dict[str, dict], model_valid: dict, log) -> dict
             baselines[best]["AUC"],
         )
     return baselines
-
-
-def _take(split: SplitData, rows: np.ndarray) -> SplitData:
-    """The rows ``rows`` (sorted) of ``split`` as a new SplitData (copies)."""
-    from mmctr.data.dataset import History
-
-    lengths = split.history.lengths[rows]
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    starts = split.history.offsets[rows]
-    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return SplitData(
-        path=split.path,
-        n_rows=len(rows),
-        columns={k: v[rows] for k, v in split.columns.items()},
-        history=History(split.history.values[idx], offsets, split.history.width),
-        seq_len=split.seq_len[rows],
-        labels=None if split.labels is None else split.labels[rows],
-        groups=None if split.groups is None else split.groups[rows],
-    )

@@ -239,8 +239,9 @@ def _best(history: list[dict[str, Any]], monitor: Any, mode: str) -> dict[str, A
 
 
 def differing_params(runs: list[Run]) -> list[str]:
-    """Hyper-parameters whose values are not the same in every run (absent counts)."""
-    keys = sorted({k for r in runs for k in r.params})
+    """Hyper-parameters whose values are not the same in every run (absent counts); the
+    model name has a column of its own."""
+    keys = sorted({k for r in runs for k in r.params} - {"model"})
     out = []
     for k in keys:
         values = {

@@ -11,8 +11,8 @@ For each (setting, seed) the demo preset is generated into ``<work>/<setting>_s<
 the others: the generator's own ``item_emb_d128``, no images), each experiment of
 config/demo is trained on it with its baselines (``run_expid.py`` with data-path and
 model_root overrides), and the valid AUCs are tabulated: one row per (setting, seed, model)
-in ``<work>/study.json``, and a markdown summary (mean ± half-range over the seeds) printed
-at the end. Finished runs are reused, so an interrupted study continues where it stopped.
+in ``<work>/study.json``, a markdown summary (mean ± half-range over the seeds) printed
+at the end and a bar chart of models and baselines in ``<work>/study.png``. Finished runs are reused, so an interrupted study continues where it stopped.
 ``latent``: the default world with the NOISELESS latent content as item_emb_d128
 (``--emb-noise 0``, a diagnostic of what the model does with perfect content).
 """
@@ -139,6 +139,40 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_study(rows: list[dict], path: Path) -> None:
+    """Valid AUC of every (setting, model) beside its two baselines: bars at the mean over
+    the seeds, whiskers at the lowest and highest seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys((r["setting"], r["expid"]) for r in rows))
+    series = [("model", "valid_AUC"), ("logreg", "logreg_AUC"), ("popularity", "popularity_AUC")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
+    width = 0.27
+    for j, (label, col) in enumerate(series):
+        means, lo, hi = [], [], []
+        for key in keys:
+            vals = [r[col] for r in rows if (r["setting"], r["expid"]) == key]
+            m = sum(vals) / len(vals)
+            means.append(m)
+            lo.append(m - min(vals))
+            hi.append(max(vals) - m)
+        xs = [i + (j - 1) * width for i in range(len(keys))]
+        ax.bar(xs, means, width, yerr=[lo, hi], capsize=3, label=label)
+    names = [f"{s}\n{e.replace('_demo', '')}" for s, e in keys]
+    ax.set_xticks(range(len(keys)), names, fontsize=8)
+    ax.set_ylim(0.6, max(r["valid_AUC"] for r in rows) + 0.03)
+    ax.set_ylabel("valid AUC")
+    ax.set_title("valid AUC, models and baselines (whiskers: the seeds' range)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
@@ -180,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 (work / "study.json").write_text(json.dumps(rows, indent=2) + "\n")
     print()
     print(summary_table(rows))
+    plot_study(rows, work / "study.png")
+    print(f"\nwritten: {work / 'study.json'}, {work / 'study.png'}")
     return 0
 
 

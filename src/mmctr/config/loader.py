@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from mmctr.config.errors import ConfigError
 from mmctr.config.expid import TUNER_ID_RE, coerce_numbers, experiment_hash
 from mmctr.config.schema import (
     ACTIVATIONS,
@@ -46,6 +47,7 @@ from mmctr.config.schema import (
     LabelSpec,
     ModelBase,
     TrainerConfig,
+    check_feature_config,
     embedding_init_std,
     field_names,
     field_types,
@@ -184,15 +186,6 @@ _RULES: dict[str, tuple[Any, str]] = {
     ),
     "model_structure": (lambda v: v in DCN_STRUCTURES, "one of " + ", ".join(DCN_STRUCTURES)),
 }
-
-
-class ConfigError(ValueError):
-    """A config the user must fix. ``str()`` is the whole explanation; ``problems`` lists the
-    individual problems when there are several."""
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = list(problems or [])
 
 
 def _fail(header: str, problems: list[str]) -> ConfigError:
@@ -570,9 +563,7 @@ def build_config(
         feature_cols=features,
         label_col=label,
     )
-    from mmctr.data.contract import check_feature_config  # features the loader can read
-
-    unreadable = check_feature_config(dataset)
+    unreadable = check_feature_config(dataset)  # features the loader can read
     if unreadable:
         raise _fail(f"{origin} is not a valid config", unreadable)
     return ExperimentConfig(

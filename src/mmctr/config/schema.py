@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from mmctr.columns import HISTORY_COL
+
 FEATURE_TYPES = ("meta", "categorical", "sequence", "embedding", "numeric")
 
 #: Activation names mmctr builds itself (case-insensitive; models.layers.get_activation). As in
@@ -209,7 +211,7 @@ class TrainerConfig:
     # TensorBoard event files in the run folder (mmctr/training/tracking.py)
     tensorboard: bool = True
     # CPU threads of a CPU run (torch.set_num_threads); None = the cores this process may use,
-    # shared among the CPU runs of a tuner (mmctr/utils.py: default_num_threads)
+    # shared among the CPU runs of a tuner (mmctr/threads.py: default_num_threads)
     num_threads: int | None = None
 
 
@@ -368,3 +370,27 @@ def parse_regularizer(value: float | str | None) -> list[tuple[int, float]]:
     if any(not math.isfinite(lam) or lam < 0 for _, lam in pairs):
         raise ValueError(f"{value!r}: regulariser weights must be finite and non-negative")
     return [(p, lam) for p, lam in pairs if lam > 0]
+
+
+def check_feature_config(dataset: DatasetConfig) -> list[str]:
+    """Problems of ``feature_cols`` that the loader cannot read (empty list = OK): a per-row
+    (not ``source: item``) feature must be categorical or numeric, and the user history
+    ``item_seq`` must be declared ``type: meta``."""
+    problems = []
+    where = f"dataset '{dataset.dataset_id}': feature_cols"
+    for f in dataset.active_features:
+        if f.is_item_side:
+            continue
+        if f.type in ("sequence", "embedding"):
+            problems.append(
+                f"{where}: feature '{f.name}' has type {f.type} without `source: item`; per-row "
+                f"features must be categorical or numeric (item-side sequence/embedding "
+                f"features need `source: item`), and the user history '{HISTORY_COL}' must be "
+                "declared `type: meta`"
+            )
+        elif f.name == HISTORY_COL and f.type != "meta":
+            problems.append(
+                f"{where}: feature '{f.name}' is the user history read by the loader and must "
+                f"be declared `type: meta` (found type {f.type})"
+            )
+    return problems

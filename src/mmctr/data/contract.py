@@ -29,8 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmctr.config.schema import DatasetConfig, FeatureSpec, LabelSpec
-from mmctr.data.dataset import HISTORY_COL
+from mmctr.columns import HISTORY_COL
+from mmctr.config.schema import (  # noqa: F401 (check_feature_config: re-exported)
+    DatasetConfig,
+    FeatureSpec,
+    LabelSpec,
+    check_feature_config,
+)
 
 MICROLENS_N_ITEMS = 91_718
 MICROLENS_TAG_VOCAB = 11_740
@@ -134,30 +139,6 @@ def history_columns(dataset: DatasetConfig) -> list[str]:
         if f.type == "meta" and f.name.endswith("_seq") and f.name not in names:
             names.append(f.name)
     return names
-
-
-def check_feature_config(dataset: DatasetConfig) -> list[str]:
-    """Problems of ``feature_cols`` that the loader cannot read (empty list = OK): a per-row
-    (not ``source: item``) feature must be categorical or numeric, and the user history
-    ``item_seq`` must be declared ``type: meta``."""
-    problems = []
-    where = f"dataset '{dataset.dataset_id}': feature_cols"
-    for f in dataset.active_features:
-        if f.is_item_side:
-            continue
-        if f.type in ("sequence", "embedding"):
-            problems.append(
-                f"{where}: feature '{f.name}' has type {f.type} without `source: item`; per-row "
-                f"features must be categorical or numeric (item-side sequence/embedding "
-                f"features need `source: item`), and the user history '{HISTORY_COL}' must be "
-                "declared `type: meta`"
-            )
-        elif f.name == HISTORY_COL and f.type != "meta":
-            problems.append(
-                f"{where}: feature '{f.name}' is the user history read by the loader and must "
-                f"be declared `type: meta` (found type {f.type})"
-            )
-    return problems
 
 
 def _list_value_type(t: pa.DataType) -> pa.DataType | None:

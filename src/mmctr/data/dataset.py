@@ -22,18 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmctr.columns import HISTORY_COL, TARGET_COL
 from mmctr.config.schema import DatasetConfig, FeatureSpec
-
-HISTORY_COL = "item_seq"
-TARGET_COL = "item_id"
+from mmctr.data import contract
 # 65,536-row read batches: Arrow's pool then peaks at ~0.25 GB instead of ~1 GB (full preset)
 _READ_BATCH_ROWS = 65_536
-
-
-def _contract():
-    from mmctr.data import contract
-
-    return contract
 
 
 @dataclass
@@ -131,7 +124,6 @@ def _flat_list_values(arr: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.n
 
 def read_item_table(path: str | Path, dataset: DatasetConfig) -> ItemTable:
     """Read ``item_info.parquet`` into item-side tables; raises DataContractError on bad input."""
-    contract = _contract()
     path = str(path)
     if not Path(path).is_file():
         raise contract.DataContractError([f"{path}: item_info file not found"])
@@ -161,7 +153,7 @@ def read_item_table(path: str | Path, dataset: DatasetConfig) -> ItemTable:
 
 
 def _parquet_error(path: str, exc: Exception) -> Exception:
-    return _contract().DataContractError([f"{path}: cannot be read as parquet ({exc})"])
+    return contract.DataContractError([f"{path}: cannot be read as parquet ({exc})"])
 
 
 def _real_labels(labels: np.ndarray) -> np.ndarray | None:
@@ -189,7 +181,6 @@ def read_split(
     Raises ``DataContractError`` naming the file and column for malformed input; nothing is
     silently coerced.
     """
-    contract = _contract()
     path = str(path)
     if not Path(path).is_file():
         raise contract.DataContractError([f"{path}: file not found"])

@@ -103,7 +103,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmctr.utils import atomic_write_parquet, atomic_write_text
+from mmctr.atomic import atomic_write_parquet, atomic_write_text
 
 SEQ_LEN = 100
 TAG_SLOTS = 5

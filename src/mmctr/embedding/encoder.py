@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmctr.device import resolve_device
 from mmctr.embedding.images import EmbeddingError
-from mmctr.utils import resolve_device
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 AMP_CHOICES = ("none", "bf16", "fp16")

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmctr.atomic import atomic_open, atomic_write_bytes, atomic_write_parquet
 from mmctr.embedding.encoder import (
     DEFAULT_MODEL,
     ImageFeatureExtractor,
@@ -76,7 +77,8 @@ from mmctr.embedding.images import (
     split_processor,
 )
 from mmctr.embedding.pca import PCAProjection, fit_pca, load_pca, project, save_pca
-from mmctr.utils import atomic_open, atomic_write_bytes, atomic_write_parquet, get_logger
+from mmctr.log import get_logger
+from mmctr.runtime import flush_denormals
 
 DEFAULT_COLUMN = "item_emb_d128"
 CACHE_FORMAT = 1
@@ -725,6 +727,7 @@ def generate_embeddings(
         EmbeddingError: bad paths, item ids, column, cache folder, model, options or
             ``pca``, or too few decodable images for the PCA.
     """
+    flush_denormals()  # before torch's thread pool starts (see runtime.py)
     log = get_logger("mmctr.embedding")
     if dim is not None and int(dim) < 1:
         raise EmbeddingError(f"--dim must be >= 1, got {dim}")

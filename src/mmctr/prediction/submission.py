@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from mmctr.atomic import atomic_open
 from mmctr.data.batching import BatchLoader
 from mmctr.data.dataset import read_split
+from mmctr.device import resolve_device
+from mmctr.runtime import flush_denormals, keep_freed_memory
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.metrics import auc
-from mmctr.training.trainer import predict_probs, run_dir_of, use_bf16
-from mmctr.utils import atomic_open, keep_freed_memory, resolve_device
+from mmctr.training.scoring import predict_probs, run_dir_of, use_bf16
 
 SUBMISSION_COLUMNS = ("Task1", "Task2", "Task1&2")
 
@@ -112,6 +114,7 @@ def predict_submission(
     ``bf16`` from the config as loaded now, overrides included, when ``config_dir`` is given:
     so a moved data root or ``--override test_data=...`` is honoured. Returns a summary dict.
     """
+    flush_denormals()  # before torch's thread pool starts (see runtime.py)
     if column not in SUBMISSION_COLUMNS:
         raise SubmissionError(f"--column must be one of {list(SUBMISSION_COLUMNS)}, got {column!r}")
     current, notices = None, []

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,28 +33,30 @@ import torch
 import yaml
 from torch import nn
 
+from mmctr.atomic import atomic_write_text
 from mmctr.config import RUN_ENVIRONMENT_KEYS, ConfigError, ExperimentConfig, canonical_json
 from mmctr.data.batching import BatchLoader, batch_sizes
 from mmctr.data.dataset import TARGET_COL, SplitData, read_item_table, read_split
+from mmctr.device import resolve_device
+from mmctr.log import get_logger
 from mmctr.models import build_model
 from mmctr.progress import Progress
+from mmctr.runtime import flush_denormals, keep_freed_memory, seed_everything
 from mmctr.threads import configure_threads
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.baselines import fit_baselines, report_baselines
 from mmctr.training.distributed import DistContext, init_distributed, shutdown_distributed
 from mmctr.training.graphs import GraphedStep, configure_for_graphs
 from mmctr.training.guard import DivergenceGuard
-from mmctr.training.metrics import evaluate_predictions, monitor_value
-from mmctr.training.step import TrainStep, autocast_ctx
-from mmctr.training.tracking import RunTracker, hparams_of
-from mmctr.utils import (
-    atomic_write_text,
-    cpu_supports_bf16,
-    get_logger,
-    keep_freed_memory,
-    resolve_device,
-    seed_everything,
+from mmctr.training.metrics import monitor_value
+from mmctr.training.scoring import (  # noqa: F401 (predict_probs: the old import path)
+    evaluate_split,
+    predict_probs,
+    run_dir_of,
+    use_bf16,
 )
+from mmctr.training.step import TrainStep
+from mmctr.training.tracking import RunTracker, hparams_of
 
 
 class MonitorNotFinite(ValueError):
@@ -84,26 +85,6 @@ class TrainerState:
     # and every rank's running [loss sum, samples] of the epoch so far
     batches_done: int = 0
     running: list[list[float]] = field(default_factory=list)
-
-
-def run_dir_of(cfg) -> Path:
-    return Path(cfg.trainer.model_root) / cfg.dataset.dataset_id / cfg.expid
-
-
-def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    if isinstance(setting, str):
-        if setting != "auto":
-            raise ValueError(f"bf16 must be true, false or 'auto', got {setting!r}")
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return cpu_supports_bf16()
-    if setting and device.type == "cpu" and not cpu_supports_bf16():
-        warnings.warn(
-            "bf16: true on a CPU without AMX/AVX512-BF16: bf16 matrix products are emulated "
-            "there and run many times slower than fp32 (use bf16: auto)",
-            stacklevel=2,
-        )
-    return bool(setting)
 
 
 def cuda_graphs_off_reason(t, device: torch.device, dist: DistContext) -> str | None:
@@ -186,63 +167,6 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     return table[key](params, **kwargs)
 
 
-@torch.inference_mode()
-def predict_probs(
-    model: nn.Module,
-    loader: BatchLoader,
-    *,
-    bf16: bool = False,
-    progress: bool = False,
-    desc: str = "predict",
-) -> np.ndarray:
-    """Click probabilities of every row of ``loader`` (which must not shuffle), in file order."""
-    if loader.shuffle:
-        raise ValueError("predict_probs needs an unshuffled loader (file order)")
-    model.eval()
-    out = np.empty(loader.split.n_rows, dtype=np.float32)
-    pos = 0
-    bar = Progress(len(loader), desc, unit="batch", rate_unit="rows", enabled=progress)
-    for batch in loader:
-        with autocast_ctx(loader.device, bf16):
-            logits = model(batch)
-        p = torch.sigmoid(logits.float()).cpu().numpy()
-        out[pos : pos + len(p)] = p
-        pos += len(p)
-        bar.update(1, rows=len(p))
-    bar.close()
-    assert pos == loader.split.n_rows
-    return out
-
-
-def evaluate_split(
-    model: nn.Module,
-    split: SplitData,
-    dist: DistContext,
-    *,
-    batch_size: int,
-    device: torch.device,
-    min_seq_len: int,
-    bf16: bool,
-    cold_items: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Metrics over the whole split; under torchrun each rank scores a contiguous share and the
-    shares are gathered, so every row counts exactly once."""
-    lo = split.n_rows * dist.rank // dist.world_size
-    hi = split.n_rows * (dist.rank + 1) // dist.world_size
-    part = split.slice(lo, hi) if dist.enabled else split
-    loader = BatchLoader(part, batch_size, device=device, min_seq_len=min_seq_len)
-    probs = predict_probs(model, loader, bf16=bf16)
-    probs = np.concatenate(dist.all_gather_object(probs)) if dist.enabled else probs
-    metrics: dict[str, Any] = evaluate_predictions(split.labels, probs, split.groups)
-    if cold_items is not None:
-        cold = np.isin(split.columns[TARGET_COL], cold_items, invert=True)
-        if cold.any() and (~cold).any():
-            metrics["cold_AUC"] = evaluate_predictions(split.labels[cold], probs[cold])["AUC"]
-            metrics["warm_AUC"] = evaluate_predictions(split.labels[~cold], probs[~cold])["AUC"]
-            metrics["cold_rows"] = int(cold.sum())
-    return metrics
-
-
 def _window_sizes(
     n_rows: int, global_batch: int, accumulation: int, world_size: int = 1
 ) -> list[int]:
@@ -262,7 +186,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmctr.utils import atomic_open
+    from mmctr.atomic import atomic_open
 
     x = [h["step"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -282,6 +206,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
 
 def train(cfg, gpu: int | None = -1, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an ExperimentConfig) and return ``{"valid": ..., "test": ..., "run_dir": ...}``."""
+    flush_denormals()  # before torch's thread pool starts (see runtime.py)
     dist = init_distributed(use_cuda=gpu is not None and int(gpu) >= 0)
     tracker = RunTracker()  # TensorBoard (training/tracking.py); finished here, after _train
     try:

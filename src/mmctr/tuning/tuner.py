@@ -64,6 +64,7 @@ from typing import IO, Any
 
 import yaml
 
+from mmctr.atomic import atomic_write_text
 from mmctr.config import (
     HASH_OK,
     ConfigError,
@@ -78,9 +79,9 @@ from mmctr.config import (
     parse_tuner_id,
 )
 from mmctr.config import loader as config_loader
+from mmctr.device import check_gpu_exists
 from mmctr.progress import Progress
 from mmctr.threads import default_num_threads
-from mmctr.utils import atomic_write_text, check_gpu_exists
 
 TUNER_KEYS = ("base_config", "base_expid", "dataset_id", "dataset_config", "tuner_space")
 METRIC_COLUMNS = ("valid_AUC", "valid_logloss", "valid_gAUC")

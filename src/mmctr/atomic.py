@@ -52,7 +52,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save through a temp file + rename (a kill mid-write never corrupts ``path``).
 
     Streams into the temp file: no in-memory copy of the checkpoint (``last.pt`` of the full
-    model is ~3 GB; ``python scripts/bench_checkpoint.py`` measures the peak).
+    model is ~3 GB; docs/benchmarks.md has the peak measured).
     """
     import torch
 

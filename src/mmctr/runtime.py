@@ -47,7 +47,7 @@ def keep_freed_memory() -> str:
     every step; freed heap tops are trimmed likewise. Here all blocks come from the heap and
     nothing is trimmed (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, -1)``), so
     after the first step the allocator reuses its memory: CPU training steps 1.85x (seed) and
-    1.53x (rank-1) faster for +7% / +4% peak RSS (``scripts/bench_malloc.py``). Idempotent; a no-op
+    1.53x (rank-1) faster for +7% / +4% peak RSS (docs/benchmarks.md). Idempotent; a no-op
     off glibc, when the user set any ``MALLOC_*`` variable, or with ``MMCTR_MALLOC=default``.
     Returns what was done, for the log.
     """

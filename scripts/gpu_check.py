@@ -671,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="/tmp/mmctr_gpu_check", help="work folder")
     p.add_argument("--json", help="result file (default $OUT/gpu_check.json)")
     args = p.parse_args(argv)
+    from mmctr.runtime import flush_denormals
+
+    flush_denormals()  # before any torch op starts the thread pool, as train() does
     dry = args.dry_run or os.environ.get("GPU_CHECK_CPU", "") not in ("", "0")
 
     import torch

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         help="no progress bars or progress lines (on a terminal a bar, else a line every ~20 s)",
     )
     args = p.parse_args(argv)
+    from mmctr.runtime import flush_denormals
+
+    flush_denormals()  # before any torch op starts the thread pool, as train() does
     progress = not args.no_progress
     t_start = time.perf_counter()
     data_dir = Path(args.data)

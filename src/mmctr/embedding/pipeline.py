@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import datetime
 import hashlib
+import logging
 import os
 import re
 import time
@@ -729,22 +730,10 @@ def generate_embeddings(
     """
     flush_denormals()  # before torch's thread pool starts (see runtime.py)
     log = get_logger("mmctr.embedding")
-    if dim is not None and int(dim) < 1:
-        raise EmbeddingError(f"--dim must be >= 1, got {dim}")
-    if int(batch_size) < 1:
-        raise EmbeddingError(f"--batch-size must be >= 1, got {batch_size}")
-    if int(shard_size) < 1:
-        raise EmbeddingError(f"--shard-size must be >= 1, got {shard_size}")
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
-    if num_workers < 0:
-        raise EmbeddingError(f"--num-workers must be >= 0, got {num_workers}")
-
+    num_workers = _check_options(dim, batch_size, shard_size, num_workers)
     item_info = Path(item_info)
     out = Path(out) if out is not None else item_info
     _check_out(out)
-    status_path, pca_path = output_paths(out)
-
     dist_ctx = _torchrun_env()
     devices = _rank_devices(gpu, dist_ctx)
     amp_dtype = resolve_amp(amp, devices[0])
@@ -752,8 +741,6 @@ def generate_embeddings(
     _check_column(table, column, item_info)
     refs = index_image_dir(image_dir)
     ref_list = [None if i == 0 else refs.get(int(i)) for i in ids]
-    paths = [None if r is None else r.path for r in ref_list]
-
     spec = describe_model(model)
     model_key = _cache_key(spec, amp_dtype)
     cache = (
@@ -764,6 +751,38 @@ def generate_embeddings(
     _prepare_cache(cache, given=cache_dir is not None)
     image_model = _Model(spec)
     given_pca = _load_pca_for(Path(pca), image_model, dim) if pca is not None else None
+    dim = _pca_dim(dim, given_pca, spec)
+    job = _Job(ids, ref_list, cache, image_model, model_key, devices, amp_dtype, dist_ctx)
+    shards, own, per_rank = _encode_shards(
+        job, shard_size, batch_size, num_workers, force, progress, log
+    )
+    common = _run_summary(job, shards, own, per_rank)
+    if dist_ctx.rank != 0:
+        return {**common, "role": "worker", "out": None}
+    return _write_embeddings(
+        job, shards, table, out, column, dim, seed, pca, given_pca, image_dir, common, log
+    )
+
+
+def _check_options(
+    dim: int | None, batch_size: int, shard_size: int, num_workers: int | None
+) -> int:
+    """The options checked before anything is read; the number of decode workers."""
+    if dim is not None and int(dim) < 1:
+        raise EmbeddingError(f"--dim must be >= 1, got {dim}")
+    if int(batch_size) < 1:
+        raise EmbeddingError(f"--batch-size must be >= 1, got {batch_size}")
+    if int(shard_size) < 1:
+        raise EmbeddingError(f"--shard-size must be >= 1, got {shard_size}")
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    if num_workers < 0:
+        raise EmbeddingError(f"--num-workers must be >= 0, got {num_workers}")
+    return num_workers
+
+
+def _pca_dim(dim: int | None, given_pca: PCAProjection | None, spec: ModelSpec) -> int:
+    """The output width: ``--dim``, else the given PCA's, else 128; never above the model's."""
     if dim is None:
         dim = given_pca.dim if given_pca is not None else 128
     if spec.raw_dim is not None and dim > spec.raw_dim:  # fail before hours of encoding
@@ -771,9 +790,38 @@ def generate_embeddings(
             f"--dim {dim} is larger than the model's feature width {spec.raw_dim}; PCA can "
             f"only reduce (use --dim {spec.raw_dim} or less)"
         )
+    return dim
 
+
+@dataclass
+class _Job:
+    """What every stage of one :func:`generate_embeddings` run reads."""
+
+    ids: np.ndarray
+    refs: list[Any]
+    cache: Path
+    image_model: Any
+    model_key: str
+    devices: list[torch.device]
+    amp_dtype: Any
+    dist_ctx: Any
+
+
+def _encode_shards(
+    job: _Job,
+    shard_size: int,
+    batch_size: int,
+    num_workers: int,
+    force: bool,
+    progress: bool,
+    log: logging.Logger,
+) -> tuple[list[_Shard], dict[str, Any], list[dict[str, Any]]]:
+    """Encode this rank's shards that are missing or stale: (every shard, this rank's
+    counts, every rank's counts)."""
+    ids, dist_ctx, devices = job.ids, job.dist_ctx, job.devices
     n = len(ids)
-    item_fps = [item_fingerprint(r) for r in ref_list]
+    paths = [None if r is None else r.path for r in job.refs]
+    item_fps = [item_fingerprint(r) for r in job.refs]
     if dist_ctx.active:
         _init_distributed(dist_ctx, devices[0])
     result = _EncodeResult()
@@ -785,15 +833,15 @@ def generate_embeddings(
             hi = min(lo + shard_size, n)
             fps = item_fps[lo:hi]
             fp = shard_fingerprint(ids[lo:hi], fps)
-            shards.append(_Shard(k, lo, hi, fp, cache / f"shard_{k:05d}.npz", fps))
+            shards.append(_Shard(k, lo, hi, fp, job.cache / f"shard_{k:05d}.npz", fps))
         mine = [s for s in shards if s.index % dist_ctx.world_size == dist_ctx.rank]
-        todo = [s for s in mine if force or _shard_problem(s, model_key) is not None]
+        todo = [s for s in mine if force or _shard_problem(s, job.model_key) is not None]
         log.info(
             "%d items, %d shard(s) of %d; cache %s; %d shard(s) to encode%s",
             n,
             len(shards),
             shard_size,
-            cache,
+            job.cache,
             len(todo),
             f" on rank {dist_ctx.rank}/{dist_ctx.world_size}" if dist_ctx.active else "",
         )
@@ -802,17 +850,17 @@ def generate_embeddings(
                 todo,
                 ids,
                 paths,
-                image_model,
-                model_key,
+                job.image_model,
+                job.model_key,
                 devices,
-                amp_dtype,
+                job.amp_dtype,
                 batch_size,
                 num_workers,
                 progress and dist_ctx.rank == 0,
                 force,
                 log,
             )
-            image_model.release()
+            job.image_model.release()
         own = {
             "rank": dist_ctx.rank,
             "devices": [str(d) for d in devices],
@@ -832,16 +880,24 @@ def generate_embeddings(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    # rank 0 reports the run (every rank's shards and images); the others their own share
+    return shards, own, per_rank
+
+
+def _run_summary(
+    job: _Job, shards: list[_Shard], own: dict[str, Any], per_rank: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The summary keys of every rank: rank 0 reports the run (every rank's shards and
+    images), the others their own share."""
+    dist_ctx, amp_dtype = job.dist_ctx, job.amp_dtype
     report = per_rank if dist_ctx.rank == 0 else [own]
     images = sum(r["images_encoded"] for r in report)
     seconds = max(r["encode_seconds"] for r in report)  # the ranks run side by side
-    common = {
+    return {
         "rank": dist_ctx.rank,
         "world_size": dist_ctx.world_size,
-        "devices": [str(d) for d in devices],
+        "devices": [str(d) for d in job.devices],
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "none",
-        "cache_dir": str(cache),
+        "cache_dir": str(job.cache),
         "shards_total": len(shards),
         "shards_computed": sorted(k for r in report for k in r["shards_computed"]),
         "shards_reused": sorted(k for r in report for k in r["shards_reused"]),
@@ -851,19 +907,35 @@ def generate_embeddings(
         "images_per_s": images / seconds if seconds > 0 else 0.0,
         "per_rank": per_rank if dist_ctx.rank == 0 else [own],
     }
-    if dist_ctx.rank != 0:
-        return {**common, "role": "worker", "out": None}
 
-    # ---- rank 0: merge the shards, PCA, write
-    parts = [_read_shard(s, model_key, ids) for s in shards]
+
+def _write_embeddings(
+    job: _Job,
+    shards: list[_Shard],
+    table: Any,
+    out: Path,
+    column: str,
+    dim: int,
+    seed: int,
+    pca: str | os.PathLike | None,
+    given_pca: PCAProjection | None,
+    image_dir: str | os.PathLike,
+    common: dict[str, Any],
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Rank 0: merge the shards, fit (or apply) the PCA, write the PCA, the status table and
+    then the parquet (which commits the run); the summary."""
+    ids, spec = job.ids, job.image_model.spec
+    status_path, pca_path = output_paths(out)
+    parts = [_read_shard(s, job.model_key, ids) for s in shards]
     raw = np.concatenate([p["features"] for p in parts])
     status = np.concatenate([p["status"] for p in parts]).astype(np.int64)
     errors = np.concatenate([p["errors"].astype(object) for p in parts])
     status[ids == 0] = PADDING
     ok = status == OK
-
     if given_pca is None:
-        pca_used = fit_pca(raw[ok], dim, seed, model=spec.name, model_digest=image_model.digest())
+        digest = job.image_model.digest()
+        pca_used = fit_pca(raw[ok], dim, seed, model=spec.name, model_digest=digest)
     elif raw.shape[1] != given_pca.raw_dim:  # the model did not say its width up front
         raise EmbeddingError(
             f"--pca {pca} projects {given_pca.raw_dim}-d features, but --model {spec.name} "
@@ -871,44 +943,20 @@ def generate_embeddings(
         )
     else:
         pca_used = given_pca
-    vectors = np.zeros((n, dim), dtype=np.float32)
+    vectors = np.zeros((len(ids), dim), dtype=np.float32)
     vectors[ok] = project(raw[ok], pca_used)
     warning = _check_vectors(vectors, ids, out, column)
     if warning:
         log.warning("%s", warning)
-
-    import pyarrow as pa
-
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    values = pa.FixedSizeListArray.from_arrays(flat, dim).cast(pa.list_(pa.float32()))
-    field = pa.field(column, pa.list_(pa.float32()))
-    if column in table.column_names:
-        new_table = table.set_column(table.column_names.index(column), field, values)
-    else:
-        new_table = table.append_column(field, values)
-
+    new_table = _with_column(table, column, vectors)
     # The parquet is written last: it commits the run. Killed before it, the old vectors stay,
     # and the PCA that made them is still on disk (as .prev when this run's PCA differs).
     previous_pca = _save_pca_keeping_previous(pca_used, pca_path, log)
     _status_table(ids, status, errors, status_path)
     atomic_write_parquet(new_table, out)
-
     counts = {name: int(np.sum(status == code)) for code, name in enumerate(STATUS_NAMES)}
     log.info("status: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    planted = _planted_faults(Path(image_dir))
-    bad = {int(i) for i in ids[(status == CORRUPT) | (status == MISSING)]}
-    for i in np.flatnonzero(status == CORRUPT)[:5]:
-        why = planted.get(int(ids[i]))
-        note = f" (expected: planted by the demo generator as {why})" if why else ""
-        log.info("corrupt item %d: %s%s", int(ids[i]), errors[i], note)
-    if planted:
-        log.info(
-            "%d of the %d missing/corrupt items are listed in %s_manifest.csv as planted by "
-            "the demo generator (expected faults)",
-            len(bad & set(planted)),
-            len(bad),
-            Path(image_dir).name,
-        )
+    planted, bad = _log_faults(ids, status, errors, Path(image_dir), log)
     log.info(
         "PCA %d -> %d %s keeps %.1f%% of the variance (of the items it was fit on)",
         pca_used.raw_dim,
@@ -928,7 +976,7 @@ def generate_embeddings(
         "column": column,
         "dim": dim,
         "raw_dim": pca_used.raw_dim,
-        "n_items": n,
+        "n_items": len(ids),
         "counts": counts,
         # missing/corrupt items the demo generator planted on purpose (its manifest), if any
         "planted_faults": len(bad & set(planted)) if planted else None,
@@ -936,6 +984,40 @@ def generate_embeddings(
         "contract_check": "passed",
         "warnings": [warning] if warning else [],
     }
+
+
+def _with_column(table: Any, column: str, vectors: np.ndarray) -> Any:
+    """``table`` with ``column`` (list<float32>) replaced by, or appended as, ``vectors``."""
+    import pyarrow as pa
+
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    values = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32()))
+    field = pa.field(column, pa.list_(pa.float32()))
+    if column in table.column_names:
+        return table.set_column(table.column_names.index(column), field, values)
+    return table.append_column(field, values)
+
+
+def _log_faults(
+    ids: np.ndarray, status: np.ndarray, errors: np.ndarray, image_dir: Path, log: logging.Logger
+) -> tuple[dict[int, str], set[int]]:
+    """Log the first corrupt items and how many faults the demo generator planted:
+    (planted faults by item id, the missing or corrupt item ids)."""
+    planted = _planted_faults(image_dir)
+    bad = {int(i) for i in ids[(status == CORRUPT) | (status == MISSING)]}
+    for i in np.flatnonzero(status == CORRUPT)[:5]:
+        why = planted.get(int(ids[i]))
+        note = f" (expected: planted by the demo generator as {why})" if why else ""
+        log.info("corrupt item %d: %s%s", int(ids[i]), errors[i], note)
+    if planted:
+        log.info(
+            "%d of the %d missing/corrupt items are listed in %s_manifest.csv as planted by "
+            "the demo generator (expected faults)",
+            len(bad & set(planted)),
+            len(bad),
+            image_dir.name,
+        )
+    return planted, bad
 
 
 def summary_lines(s: dict[str, Any]) -> list[str]:

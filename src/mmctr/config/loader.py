@@ -29,6 +29,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -379,67 +380,12 @@ def build_config(
     def where(key: str) -> str:
         return sources.get(key, "<dict>")
 
-    # Which model, hence which keys.
     model_name = params.get("model")
-    model_cls = MODEL_SCHEMAS.get(model_name) if isinstance(model_name, str) else None
-    known_models = ", ".join(MODEL_SCHEMAS)
-    if "model" not in params:
-        problems.append(f"no 'model' key: name one of the known models ({known_models})")
-    elif model_cls is None:
-        problems.append(
-            f"unknown model {_show(model_name)} (from {where('model')}); known models: "
-            f"{known_models}{_did_you_mean(str(model_name), list(MODEL_SCHEMAS))}"
-        )
-    model_keys = (
-        frozenset(field_names(model_cls))
-        if model_cls
-        else frozenset().union(*(field_names(c) for c in MODEL_SCHEMAS.values()))
-    )
-    valid_keys = _DATASET_KEYS | _TRAINER_KEYS | model_keys
+    model_cls = _model_schema(model_name, "model" in params, where, problems)
     if "dataset_id" not in params:
         problems.append("no 'dataset_id' key: name the dataset block this experiment uses")
-
-    # Unknown / ignored keys.
-    for key in params:
-        if not isinstance(key, str):
-            problems.append(f"key {key!r} (from {where(key)}) is not a name")
-        elif key in IGNORED_KEYS:
-            why = _WHY_IGNORED.get(key, "not used by mmctr")
-            notices.append(f"ignoring FuxiCTR key {key!r} (from {where(key)}): {why}")
-        elif key not in valid_keys:
-            owners = [m for m, c in MODEL_SCHEMAS.items() if key in field_names(c)]
-            if owners:
-                problems.append(
-                    f"key {key!r} (from {where(key)}) belongs to model {' / '.join(owners)}, "
-                    f"not to {model_name}"
-                )
-            else:
-                hint = _did_you_mean(key, sorted(valid_keys | IGNORED_KEYS))
-                problems.append(f"unknown key {key!r} (from {where(key)}){hint}")
-
-    # Types and values of the declared keys.
-    declared = dict(field_types(DatasetConfig)) | dict(field_types(TrainerConfig))
-    if model_cls is not None:
-        declared |= dict(field_types(model_cls))
-    checks = dict(field_checks(DatasetConfig)) | dict(field_checks(TrainerConfig))
-    if model_cls is not None:
-        checks |= dict(field_checks(model_cls))
-    resolved: dict[str, Any] = {}
-    for key, value in params.items():
-        if key in ("feature_cols", "label_col") or key not in declared:
-            resolved[key] = copy.deepcopy(value)
-            continue
-        annotation = declared[key]
-        if not _type_ok(value, annotation):
-            problems.append(
-                f"{key!r} (from {where(key)}) must be {_type_name(annotation)}, got {_show(value)}"
-            )
-        elif value is not None and key in checks and not checks[key].ok(value):
-            problems.append(
-                f"{key!r} (from {where(key)}) must be {checks[key].must_be}, got {value!r}"
-            )
-        resolved[key] = coerce_numbers(copy.deepcopy(value), annotation)
-
+    _check_key_names(params, model_name, model_cls, where, problems, notices)
+    resolved = _resolve_values(params, model_cls, where, problems)
     monitor_problem = _check_monitor(resolved, where)
     if monitor_problem:
         problems.append(monitor_problem)
@@ -458,6 +404,101 @@ def build_config(
 
     if problems:
         raise _fail(f"{origin} is not a valid config", problems)
+    return _assemble(
+        expid, resolved, features, label, model_cls, sources, overrides, notices, origin
+    )
+
+
+def _model_schema(
+    model_name: Any, named: bool, where: Callable[[str], str], problems: list[str]
+) -> type[ModelBase] | None:
+    """The schema of the ``model:`` named (None, with a problem, when it names none)."""
+    model_cls = MODEL_SCHEMAS.get(model_name) if isinstance(model_name, str) else None
+    known_models = ", ".join(MODEL_SCHEMAS)
+    if not named:
+        problems.append(f"no 'model' key: name one of the known models ({known_models})")
+    elif model_cls is None:
+        problems.append(
+            f"unknown model {_show(model_name)} (from {where('model')}); known models: "
+            f"{known_models}{_did_you_mean(str(model_name), list(MODEL_SCHEMAS))}"
+        )
+    return model_cls
+
+
+def _check_key_names(
+    params: dict[str, Any],
+    model_name: Any,
+    model_cls: type[ModelBase] | None,
+    where: Callable[[str], str],
+    problems: list[str],
+    notices: list[str],
+) -> None:
+    """Unknown keys (with the closest valid name), another model's keys, ignored FuxiCTR keys."""
+    model_keys = (
+        frozenset(field_names(model_cls))
+        if model_cls
+        else frozenset().union(*(field_names(c) for c in MODEL_SCHEMAS.values()))
+    )
+    valid_keys = _DATASET_KEYS | _TRAINER_KEYS | model_keys
+    for key in params:
+        if not isinstance(key, str):
+            problems.append(f"key {key!r} (from {where(key)}) is not a name")
+        elif key in IGNORED_KEYS:
+            why = _WHY_IGNORED.get(key, "not used by mmctr")
+            notices.append(f"ignoring FuxiCTR key {key!r} (from {where(key)}): {why}")
+        elif key not in valid_keys:
+            owners = [m for m, c in MODEL_SCHEMAS.items() if key in field_names(c)]
+            if owners:
+                problems.append(
+                    f"key {key!r} (from {where(key)}) belongs to model {' / '.join(owners)}, "
+                    f"not to {model_name}"
+                )
+            else:
+                hint = _did_you_mean(key, sorted(valid_keys | IGNORED_KEYS))
+                problems.append(f"unknown key {key!r} (from {where(key)}){hint}")
+
+
+def _resolve_values(
+    params: dict[str, Any],
+    model_cls: type[ModelBase] | None,
+    where: Callable[[str], str],
+    problems: list[str],
+) -> dict[str, Any]:
+    """The declared keys checked against their field's type and value check; the resolved
+    dict (numbers of float fields as floats)."""
+    classes = [DatasetConfig, TrainerConfig] + ([model_cls] if model_cls is not None else [])
+    declared = {k: v for c in classes for k, v in field_types(c).items()}
+    checks = {k: v for c in classes for k, v in field_checks(c).items()}
+    resolved: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in ("feature_cols", "label_col") or key not in declared:
+            resolved[key] = copy.deepcopy(value)
+            continue
+        annotation = declared[key]
+        if not _type_ok(value, annotation):
+            problems.append(
+                f"{key!r} (from {where(key)}) must be {_type_name(annotation)}, got {_show(value)}"
+            )
+        elif value is not None and key in checks and not checks[key].ok(value):
+            problems.append(
+                f"{key!r} (from {where(key)}) must be {checks[key].must_be}, got {value!r}"
+            )
+        resolved[key] = coerce_numbers(copy.deepcopy(value), annotation)
+    return resolved
+
+
+def _assemble(
+    expid: str,
+    resolved: dict[str, Any],
+    features: list[FeatureSpec],
+    label: LabelSpec,
+    model_cls: type[ModelBase],
+    sources: dict[str, str],
+    overrides: list[str] | None,
+    notices: list[str],
+    origin: str,
+) -> ExperimentConfig:
+    """The typed parts of a valid resolved dict (the dataset's features checked readable)."""
 
     def pick(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         return {

@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmctr.columns import HISTORY_COL, TARGET_COL
-from mmctr.config.schema import DatasetConfig, FeatureSpec
+from mmctr.config.schema import DatasetConfig
 from mmctr.data import contract
+
 # 65,536-row read batches: Arrow's pool then peaks at ~0.25 GB instead of ~1 GB (full preset)
 _READ_BATCH_ROWS = 65_536
 

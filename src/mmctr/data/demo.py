@@ -609,6 +609,7 @@ NOT_IMAGE_BYTES = (
 def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> dict[str, Any]:
     """Write ``item_images/<id>.jpg`` and ``item_images_manifest.csv``; returns counts."""
     from PIL import Image
+
     from mmctr.progress import track
 
     n = world.preset.n_items
@@ -633,9 +634,7 @@ def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> d
     for lo in track(range(1, n, batch), "item images", unit="batch"):
         hi = min(n, lo + batch)
         rng_px = _rng(seed, 8, lo)
-        pix = render_images(
-            world.z[lo:hi], world.img_rot, rng_px, noise=world.knobs.image_noise
-        )
+        pix = render_images(world.z[lo:hi], world.img_rot, rng_px, noise=world.knobs.image_noise)
         for j, item in enumerate(range(lo, hi)):
             st = status.get(item)
             if st == "missing":
@@ -764,45 +763,10 @@ def generate(
         else:
             warm = _target_sampler(world, train_targets)
             cold = _target_sampler(world, world.cold)
-        batches, p_all, y_all, cold_rows = [], [], [], 0
-        for chunk_idx, lo in enumerate(range(0, n, CHUNK_ROWS)):
-            m = min(CHUNK_ROWS, n - lo)
-            rng = _rng(seed, 3, split_idx, chunk_idx)
-            rows = _gen_rows(world, m, rng, warm, cold)
-            p = _sigmoid(rows.logit0 + world.b0)
-            y = (rng.random(m) < p).astype(np.int64)
-            if split == "train":
-                train_targets[rows.item_id] = True
-            else:
-                cold_rows += int((~train_targets[rows.item_id]).sum())
-            if split == "train":
-                all_lengths.append(rows.lengths)
-            batches.append(_split_batch(rows, y))
-            p_all.append(p)
-            y_all.append(y)
-            del rows
-        table = pa.Table.from_batches(batches, schema=SPLIT_SCHEMA)
-        del batches
-        atomic_write_parquet(table, paths[split], **PARQUET_OPTIONS)
-        del table
-        p_cat, y_cat = np.concatenate(p_all), np.concatenate(y_all)
-        oracle_tables.append(
-            pa.table(
-                {
-                    "split": pa.array(np.full(n, split, dtype=object), type=pa.string()),
-                    "row": pa.array(np.arange(n, dtype=np.int64)),
-                    "p_true": pa.array(p_cat),
-                },
-                schema=ORACLE_SCHEMA,
-            )
+        oracle, stats[split] = _write_split(
+            world, split, split_idx, n, seed, (warm, cold), train_targets, paths, all_lengths
         )
-        stats[split] = {
-            "rows": n,
-            "positive_rate": float(y_cat.mean()),
-            "oracle_auc": _auc(y_cat, p_cat),
-        }
-        if split != "train":
-            stats[split]["cold_target_share"] = cold_rows / n
+        oracle_tables.append(oracle)
         log(f"{split} written ({n:,} rows, oracle AUC {stats[split]['oracle_auc']:.4f})")
 
     atomic_write_parquet(
@@ -830,6 +794,60 @@ def generate(
         log(f"removed the images of an earlier run ({out / 'item_images'}, manifest)")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _write_split(
+    world: Any,
+    split: str,
+    split_idx: int,
+    n: int,
+    seed: int,
+    samplers: tuple[Any, Any],
+    train_targets: np.ndarray,
+    paths: dict[str, str],
+    all_lengths: list[np.ndarray],
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Generate and write one split chunk by chunk (train marks its targets in
+    ``train_targets`` and keeps its history lengths): (its oracle rows, its statistics)."""
+    warm, cold = samplers
+    batches, p_all, y_all, cold_rows = [], [], [], 0
+    for chunk_idx, lo in enumerate(range(0, n, CHUNK_ROWS)):
+        m = min(CHUNK_ROWS, n - lo)
+        rng = _rng(seed, 3, split_idx, chunk_idx)
+        rows = _gen_rows(world, m, rng, warm, cold)
+        p = _sigmoid(rows.logit0 + world.b0)
+        y = (rng.random(m) < p).astype(np.int64)
+        if split == "train":
+            train_targets[rows.item_id] = True
+        else:
+            cold_rows += int((~train_targets[rows.item_id]).sum())
+        if split == "train":
+            all_lengths.append(rows.lengths)
+        batches.append(_split_batch(rows, y))
+        p_all.append(p)
+        y_all.append(y)
+        del rows
+    table = pa.Table.from_batches(batches, schema=SPLIT_SCHEMA)
+    del batches
+    atomic_write_parquet(table, paths[split], **PARQUET_OPTIONS)
+    del table
+    p_cat, y_cat = np.concatenate(p_all), np.concatenate(y_all)
+    oracle = pa.table(
+        {
+            "split": pa.array(np.full(n, split, dtype=object), type=pa.string()),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "p_true": pa.array(p_cat),
+        },
+        schema=ORACLE_SCHEMA,
+    )
+    stats: dict[str, Any] = {
+        "rows": n,
+        "positive_rate": float(y_cat.mean()),
+        "oracle_auc": _auc(y_cat, p_cat),
+    }
+    if split != "train":
+        stats["cold_target_share"] = cold_rows / n
+    return oracle, stats
 
 
 def id_levels_baseline_auc(

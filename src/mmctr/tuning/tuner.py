@@ -141,19 +141,7 @@ class _Running:
 def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
     """Read a FuxiCTR tuner file and its base experiment (no file is written)."""
     path = Path(tuner_file)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"tuner file {str(path)!r} {what} (--config FILE.yaml)")
-    doc = load_yaml(path)
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: a tuner file is a mapping with base_expid and tuner_space")
-    unknown = [k for k in doc if k not in TUNER_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; a tuner file "
-            f"has {', '.join(TUNER_KEYS)} (an inline model_config is not supported: put the "
-            "base experiment in a config folder and name it in base_config)"
-        )
+    doc = _tuner_doc(path)
     base_expid = doc.get("base_expid")
     if not isinstance(base_expid, str) or not base_expid:
         raise ConfigError(f"{path}: base_expid must name an expid block of the base config")
@@ -181,6 +169,49 @@ def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
         )
     dataset_params = _dataset_block(path, doc.get("dataset_config"), base_config, dataset_id)
 
+    axes, dataset_keys = _split_space(path, doc, space, model_params, dataset_params)
+    model_params["dataset_id"] = dataset_id
+    return TunerSpec(
+        path=path,
+        name=path.stem,
+        config_dir=path.parent / path.stem,
+        base_config=base_config,
+        base_expid=base_expid,
+        dataset_id=dataset_id,
+        model_params=model_params,
+        dataset_params=dataset_params,
+        axes=axes,
+        dataset_keys=frozenset(dataset_keys),
+    )
+
+
+def _tuner_doc(path: Path) -> dict[str, Any]:
+    """The tuner file's mapping, its top-level keys checked."""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"tuner file {str(path)!r} {what} (--config FILE.yaml)")
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a tuner file is a mapping with base_expid and tuner_space")
+    unknown = [k for k in doc if k not in TUNER_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; a tuner file "
+            f"has {', '.join(TUNER_KEYS)} (an inline model_config is not supported: put the "
+            "base experiment in a config folder and name it in base_config)"
+        )
+    return doc
+
+
+def _split_space(
+    path: Path,
+    doc: dict[str, Any],
+    space: dict[str, Any],
+    model_params: dict[str, Any],
+    dataset_params: dict[str, Any],
+) -> tuple[dict[str, list[Any]], set[str]]:
+    """The grid axes (lists in tuner_space, and in an inline dataset_config) and which of
+    them are dataset keys; single values go into the model or dataset params (in place)."""
     axes: dict[str, list[Any]] = {}
     dataset_keys: set[str] = set()
     for key, value in space.items():
@@ -209,19 +240,7 @@ def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
         model_params.pop(key, None)
         if key in dataset_keys:
             dataset_params.pop(key, None)
-    model_params["dataset_id"] = dataset_id
-    return TunerSpec(
-        path=path,
-        name=path.stem,
-        config_dir=path.parent / path.stem,
-        base_config=base_config,
-        base_expid=base_expid,
-        dataset_id=dataset_id,
-        model_params=model_params,
-        dataset_params=dataset_params,
-        axes=axes,
-        dataset_keys=frozenset(dataset_keys),
-    )
+    return axes, dataset_keys
 
 
 def plan_grid(spec: TunerSpec) -> list[Experiment]:

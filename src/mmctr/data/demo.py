@@ -769,23 +769,10 @@ def generate(
         oracle_tables.append(oracle)
         log(f"{split} written ({n:,} rows, oracle AUC {stats[split]['oracle_auc']:.4f})")
 
-    atomic_write_parquet(
-        pa.concat_tables(oracle_tables),
-        paths["oracle"],
-        compression="zstd",
-        use_dictionary=["split"],
-        column_encoding={"row": "DELTA_BINARY_PACKED", "p_true": "BYTE_STREAM_SPLIT"},
-        row_group_size=ROW_GROUP_ROWS,
-    )
-    lengths = np.concatenate(all_lengths)
+    _write_oracle(oracle_tables, paths["oracle"])
     summary["splits"] = stats
     summary["oracle_auc"] = {s: stats[s]["oracle_auc"] for s in ("valid", "test")}
-    summary["history_length"] = {
-        "min": int(lengths.min()),
-        "median": float(np.median(lengths)),
-        "mean": float(lengths.mean()),
-        "max": int(lengths.max()),
-    }
+    summary["history_length"] = _length_stats(np.concatenate(all_lengths))
     summary["paths"] = paths
     if images:
         summary.update(write_images(world, out, seed))
@@ -794,6 +781,27 @@ def generate(
         log(f"removed the images of an earlier run ({out / 'item_images'}, manifest)")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+def _write_oracle(tables: list[pa.Table], path: str) -> None:
+    """``oracle.parquet``: every row's true click probability, the splits one after another."""
+    atomic_write_parquet(
+        pa.concat_tables(tables),
+        path,
+        compression="zstd",
+        use_dictionary=["split"],
+        column_encoding={"row": "DELTA_BINARY_PACKED", "p_true": "BYTE_STREAM_SPLIT"},
+        row_group_size=ROW_GROUP_ROWS,
+    )
+
+
+def _length_stats(lengths: np.ndarray) -> dict[str, Any]:
+    return {
+        "min": int(lengths.min()),
+        "median": float(np.median(lengths)),
+        "mean": float(lengths.mean()),
+        "max": int(lengths.max()),
+    }
+
 
 
 def _write_split(

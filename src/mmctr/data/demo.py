@@ -299,6 +299,33 @@ def history_lengths(rng: np.random.Generator, n: int, knobs: Knobs = Knobs()) ->
     x = rng.lognormal(mean=np.log(knobs.history_median), sigma=knobs.history_sigma, size=n)
     return np.clip(3 + np.floor(x), 3, SEQ_LEN).astype(np.int64)
 
+def _item_tags(
+    rng: np.random.Generator, preset: Preset, cluster: np.ndarray, knobs: Knobs
+) -> tuple[np.ndarray, np.ndarray]:
+    """Items' tags (n, 5), left-padded with 0, and each tag's click effect (TAG_VOCAB,):
+    per-topic pools, Zipf weights inside a pool, top-n by Efraimidis-Spirakis keys."""
+    n, k = preset.n_items, preset.n_clusters
+    n_tags = preset.n_tags_used
+    pool_size = int(min(n_tags, max(8, 2 * n_tags // k), TAG_POOL_MAX))
+    pools = np.stack(
+        [rng.choice(np.arange(1, n_tags + 1), size=pool_size, replace=False) for _ in range(k)]
+    )
+    zipf = 1.0 / np.arange(1, pool_size + 1)
+    # weighted sampling without replacement: the 5 smallest Exp(1) / weight keys
+    keys = rng.standard_exponential((n, pool_size)) / zipf
+    top = np.argpartition(keys, TAG_SLOTS - 1, axis=1)[:, :TAG_SLOTS]
+    real = pools[cluster[:, None], top]  # (n, 5)
+    swap = rng.random((n, TAG_SLOTS)) < knobs.tag_noise
+    real = np.where(swap, rng.integers(1, n_tags + 1, size=(n, TAG_SLOTS)), real)
+    n_real = rng.choice(np.arange(1, TAG_SLOTS + 1), size=n, p=[0.10, 0.15, 0.20, 0.20, 0.35])
+    slot = np.arange(TAG_SLOTS)[None, :]
+    tags = np.where(slot >= TAG_SLOTS - n_real[:, None], real, 0).astype(np.int64)
+    tags[0] = 0
+    tag_effect = np.where(rng.random(TAG_VOCAB) < 0.15, rng.standard_normal(TAG_VOCAB), 0.0)
+    tag_effect[0] = 0.0
+    return tags, tag_effect
+
+
 
 def _build_world(preset: Preset, seed: int, knobs: Knobs = Knobs()) -> _World:
     n, k, d = preset.n_items, preset.n_clusters, LATENT_DIM
@@ -319,25 +346,7 @@ def _build_world(preset: Preset, seed: int, knobs: Knobs = Knobs()) -> _World:
     pop[0] = 0.0
     logpop_std = (logpop - logpop[1:].mean()) / logpop[1:].std()
     logpop_std[0] = 0.0
-    # tags: per-topic pools, Zipf weights inside a pool, top-n by Efraimidis-Spirakis keys
-    n_tags = preset.n_tags_used
-    pool_size = int(min(n_tags, max(8, 2 * n_tags // k), TAG_POOL_MAX))
-    pools = np.stack(
-        [rng.choice(np.arange(1, n_tags + 1), size=pool_size, replace=False) for _ in range(k)]
-    )
-    zipf = 1.0 / np.arange(1, pool_size + 1)
-    # weighted sampling without replacement: the 5 smallest Exp(1) / weight keys
-    keys = rng.standard_exponential((n, pool_size)) / zipf
-    top = np.argpartition(keys, TAG_SLOTS - 1, axis=1)[:, :TAG_SLOTS]
-    real = pools[cluster[:, None], top]  # (n, 5)
-    swap = rng.random((n, TAG_SLOTS)) < knobs.tag_noise
-    real = np.where(swap, rng.integers(1, n_tags + 1, size=(n, TAG_SLOTS)), real)
-    n_real = rng.choice(np.arange(1, TAG_SLOTS + 1), size=n, p=[0.10, 0.15, 0.20, 0.20, 0.35])
-    slot = np.arange(TAG_SLOTS)[None, :]
-    tags = np.where(slot >= TAG_SLOTS - n_real[:, None], real, 0).astype(np.int64)
-    tags[0] = 0
-    tag_effect = np.where(rng.random(TAG_VOCAB) < 0.15, rng.standard_normal(TAG_VOCAB), 0.0)
-    tag_effect[0] = 0.0
+    tags, tag_effect = _item_tags(rng, preset, cluster, knobs)  # the same draws, in order
     # frozen multimodal embedding: noisy linear view of z
     w_emb = rng.normal(0.0, 1.0 / np.sqrt(d), (EMB_DIM, d))
     emb = (z @ w_emb.T + knobs.emb_noise * rng.standard_normal((n, EMB_DIM))) * 0.25

@@ -287,32 +287,7 @@ class _ColumnChecks:
             )
             values = values.fill_null(0)
         v = values.to_numpy(zero_copy_only=False)
-        if length is not None:
-            bad = np.flatnonzero(lens != length)
-            tally.add(
-                name,
-                f"expected lists of length {length}",
-                bad,
-                offset,
-                lambda i: f"length {int(lens[i])}",
-            )
-        elif constant_length and n:
-            valid = np.ones(n, dtype=bool)
-            if arr.null_count:  # null rows are reported once, by nulls()
-                valid = ~arr.is_null().to_numpy(zero_copy_only=False)
-            if self.seq_width is None and valid.any():
-                first = int(np.argmax(valid))
-                self.seq_width, self.seq_width_row = int(lens[first]), offset + first
-            if self.seq_width is not None:
-                bad = np.flatnonzero((lens != self.seq_width) & valid)
-                tally.add(
-                    name,
-                    f"every row must hold the same number of entries (row {self.seq_width_row} "
-                    f"has {self.seq_width})",
-                    bad,
-                    offset,
-                    lambda i: f"length {int(lens[i])}",
-                )
+        self._list_lengths(arr, offset, lens, length, constant_length)
         if len(v) == 0:
             return
         if lo is not None and hi is not None and _out_of_range(v, lo, hi):
@@ -333,21 +308,7 @@ class _ColumnChecks:
                     lambda i: "",
                 )
         if left_padded:
-            nz = np.not_equal(v, 0, out=self.scratch("nz", len(v)))
-            # a real entry followed by a 0 ...
-            after = np.greater(nz[:-1], nz[1:], out=self.scratch("after", max(len(v) - 1, 0)))
-            inner = offsets[1:-1] - 1  # ... inside one row (not across a row boundary)
-            after[inner[(inner >= 0) & (inner < len(after))]] = False
-            if after.any():
-                rows = _rows_of(np.flatnonzero(after), offsets)
-                tally.add(
-                    name,
-                    "not left-padded: a 0 follows a real item (expected padding first, most "
-                    "recent item last)",
-                    rows,
-                    offset,
-                    lambda i: "",
-                )
+            self._left_padded(v, offsets, offset)
         if zero_row0 and offset == 0 and n:
             row0 = v[offsets[0] : offsets[1]]
             if np.any(row0 != 0):
@@ -359,6 +320,57 @@ class _ColumnChecks:
                     0,
                     lambda i: f"{nzc} non-zero entries",
                 )
+
+    def _list_lengths(
+        self, arr: pa.Array, offset: int, lens: np.ndarray, length: int | None, constant: bool
+    ) -> None:
+        """Lists of ``length`` entries, or (``constant``) as many as the first valid row's."""
+        name, tally, n = self.name, self.tally, len(arr)
+        if length is not None:
+            bad = np.flatnonzero(lens != length)
+            tally.add(
+                name,
+                f"expected lists of length {length}",
+                bad,
+                offset,
+                lambda i: f"length {int(lens[i])}",
+            )
+        elif constant and n:
+            valid = np.ones(n, dtype=bool)
+            if arr.null_count:  # null rows are reported once, by nulls()
+                valid = ~arr.is_null().to_numpy(zero_copy_only=False)
+            if self.seq_width is None and valid.any():
+                first = int(np.argmax(valid))
+                self.seq_width, self.seq_width_row = int(lens[first]), offset + first
+            if self.seq_width is not None:
+                bad = np.flatnonzero((lens != self.seq_width) & valid)
+                tally.add(
+                    name,
+                    f"every row must hold the same number of entries (row {self.seq_width_row} "
+                    f"has {self.seq_width})",
+                    bad,
+                    offset,
+                    lambda i: f"length {int(lens[i])}",
+                )
+
+    def _left_padded(self, v: np.ndarray, offsets: np.ndarray, offset: int) -> None:
+        """Every row's real entries after its padding zeros (flat values ``v``)."""
+        name, tally = self.name, self.tally
+        nz = np.not_equal(v, 0, out=self.scratch("nz", len(v)))
+        # a real entry followed by a 0 ...
+        after = np.greater(nz[:-1], nz[1:], out=self.scratch("after", max(len(v) - 1, 0)))
+        inner = offsets[1:-1] - 1  # ... inside one row (not across a row boundary)
+        after[inner[(inner >= 0) & (inner < len(after))]] = False
+        if after.any():
+            rows = _rows_of(np.flatnonzero(after), offsets)
+            tally.add(
+                name,
+                "not left-padded: a 0 follows a real item (expected padding first, most "
+                "recent item last)",
+                rows,
+                offset,
+                lambda i: "",
+            )
 
 
 def _type_problem(path: str, col: str, t: pa.DataType, role: str) -> str | None:

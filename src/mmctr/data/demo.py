@@ -299,6 +299,7 @@ def history_lengths(rng: np.random.Generator, n: int, knobs: Knobs = Knobs()) ->
     x = rng.lognormal(mean=np.log(knobs.history_median), sigma=knobs.history_sigma, size=n)
     return np.clip(3 + np.floor(x), 3, SEQ_LEN).astype(np.int64)
 
+
 def _item_tags(
     rng: np.random.Generator, preset: Preset, cluster: np.ndarray, knobs: Knobs
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +325,6 @@ def _item_tags(
     tag_effect = np.where(rng.random(TAG_VOCAB) < 0.15, rng.standard_normal(TAG_VOCAB), 0.0)
     tag_effect[0] = 0.0
     return tags, tag_effect
-
 
 
 def _build_world(preset: Preset, seed: int, knobs: Knobs = Knobs()) -> _World:
@@ -791,6 +791,7 @@ def generate(
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
+
 def _write_oracle(tables: list[pa.Table], path: str) -> None:
     """``oracle.parquet``: every row's true click probability, the splits one after another."""
     atomic_write_parquet(
@@ -810,7 +811,6 @@ def _length_stats(lengths: np.ndarray) -> dict[str, Any]:
         "mean": float(lengths.mean()),
         "max": int(lengths.max()),
     }
-
 
 
 def _write_split(

@@ -459,18 +459,7 @@ def check_item_info_table(table: pa.Table, path: str, dataset: DatasetConfig) ->
             cc = col_checks[f.name]
             cc.nulls(arr, offset)
             if role == "id":
-                v = arr.to_numpy(zero_copy_only=False)
-                ok = v == np.arange(offset, offset + len(v))
-                if arr.null_count:
-                    ok |= arr.is_null().to_numpy(zero_copy_only=False)
-                bad = np.flatnonzero(~ok)
-                tally.add(
-                    f.name,
-                    "must equal the row index (row i describes item i, row 0 = padding)",
-                    bad,
-                    offset,
-                    lambda i, v=v: f"value {_fmt(v[i])}",
-                )
+                _check_row_index(tally, f.name, arr, offset)
             elif role == "int":
                 vs = f.vocab_size
                 if vs is not None:
@@ -500,6 +489,22 @@ def check_item_info_table(table: pa.Table, path: str, dataset: DatasetConfig) ->
                     zero_row0=True,
                 )
     return problems + tally.messages()
+
+def _check_row_index(tally: _Tally, name: str, arr: pa.Array, offset: int) -> None:
+    """The item-id column equals the row index (its nulls are reported by ``nulls``)."""
+    v = arr.to_numpy(zero_copy_only=False)
+    ok = v == np.arange(offset, offset + len(v))
+    if arr.null_count:
+        ok |= arr.is_null().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~ok)
+    tally.add(
+        name,
+        "must equal the row index (row i describes item i, row 0 = padding)",
+        bad,
+        offset,
+        lambda i, v=v: f"value {_fmt(v[i])}",
+    )
+
 
 
 def _id_range(vocab_size: int | None) -> dict[str, Any]:

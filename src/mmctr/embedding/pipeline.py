@@ -522,6 +522,67 @@ class _EncodeResult:
     seconds: float = 0.0
 
 
+def _encoding_plan(
+    shards: list[_Shard], model_key: str, ids: np.ndarray, force: bool
+) -> tuple[list[tuple[dict[int, int], Any]], list[list[int]]]:
+    """Per shard: (the items its old cache file still holds, that file), and the rows to
+    encode (all of them with ``force``)."""
+    plans = [_reusable_items(s, model_key, ids) if not force else ({}, None) for s in shards]
+    todo_rows = [
+        [r for r in range(s.start, s.stop) if r not in reuse]
+        for s, (reuse, _) in zip(shards, plans)
+    ]
+    return plans, todo_rows
+
+
+def _image_pipeline(
+    model: _Model,
+    item_ids: np.ndarray,
+    paths: list[str | None],
+    devices: list[torch.device],
+    amp_dtype: torch.dtype | None,
+    batch_size: int,
+    num_workers: int,
+    log: Any,
+) -> tuple[Any, int, Any]:
+    """(the model on the devices, its feature width, the decode loader of ``paths``); the
+    workers ship uint8 pixels when :func:`split_processor` allows it."""
+    spec = model.spec
+    pixel_norm, how = split_processor(spec.processor)
+    log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
+    extractor = ImageFeatureExtractor(model.get(), amp_dtype, pixel_norm)
+    runner = make_parallel(extractor, devices)
+    raw_dim = spec.raw_dim or _probe_raw_dim(runner, spec.processor)
+    dataset = ItemImageDataset(item_ids, paths, spec.processor, uint8=pixel_norm is not None)
+    loader = make_loader(dataset, batch_size, num_workers, pin_memory=devices[0].type == "cuda")
+    return runner, raw_dim, loader
+
+
+def _shard_arrays(
+    s: _Shard,
+    local: np.ndarray,
+    encoded: tuple[np.ndarray, np.ndarray, list[str]],
+    reuse: dict[int, int],
+    old: dict[str, Any] | None,
+    raw_dim: int,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One shard's features, status and errors: its encoded rows (at ``local`` positions)
+    and the rows reused from its old cache file."""
+    size = s.stop - s.start
+    feats = np.zeros((size, raw_dim), dtype=np.float32)
+    st = np.zeros(size, dtype=np.int8)
+    errs = [""] * size
+    feats[local], st[local] = encoded[0], encoded[1]
+    for j, e in zip(local, encoded[2]):
+        errs[j] = e
+    for row, k in reuse.items():
+        assert old is not None
+        feats[row - s.start] = old["features"][k]
+        st[row - s.start] = old["status"][k]
+        errs[row - s.start] = str(old["errors"][k])
+    return feats, st, errs
+
+
 def _encode(
     shards: list[_Shard],
     ids: np.ndarray,
@@ -543,29 +604,25 @@ def _encode(
     from mmctr.progress import Progress
 
     spec = model.spec
-    plans = [_reusable_items(s, model_key, ids) if not force else ({}, None) for s in shards]
-    todo_rows = [
-        [r for r in range(s.start, s.stop) if r not in reuse]
-        for s, (reuse, _) in zip(shards, plans)
-    ]
+    plans, todo_rows = _encoding_plan(shards, model_key, ids, force)
     rows = np.array([r for rs in todo_rows for r in rs], dtype=np.int64)
     ends = np.cumsum([len(rs) for rs in todo_rows])
     n_reused = sum(len(reuse) for reuse, _ in plans)
 
-    runner = None
+    runner, loader = None, []
     if len(rows):
-        pixel_norm, how = split_processor(spec.processor)
-        log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
-        extractor = ImageFeatureExtractor(model.get(), amp_dtype, pixel_norm)
-        runner = make_parallel(extractor, devices)
-        raw_dim = spec.raw_dim or _probe_raw_dim(runner, spec.processor)
-        dataset = ItemImageDataset(
-            ids[rows], [paths[r] for r in rows], spec.processor, uint8=pixel_norm is not None
+        runner, raw_dim, loader = _image_pipeline(
+            model,
+            ids[rows],
+            [paths[r] for r in rows],
+            devices,
+            amp_dtype,
+            batch_size,
+            num_workers,
+            log,
         )
-        loader = make_loader(dataset, batch_size, num_workers, pin_memory=devices[0].type == "cuda")
     else:
         raw_dim = next(old["features"].shape[1] for _, old in plans if old is not None)
-        loader = []
     log.info(
         "encoding %d items (%d shard(s); %d unchanged item(s) of them from the cache) with "
         "%s on %s, batch %d, %d decode worker(s)",
@@ -590,19 +647,9 @@ def _encode(
             reuse, old = plans[done_shards]
             lo = int(ends[done_shards - 1]) if done_shards else 0
             local = np.array(todo_rows[done_shards], dtype=np.int64) - s.start
-            size = s.stop - s.start
-            feats = np.zeros((size, raw_dim), dtype=np.float32)
-            st = np.zeros(size, dtype=np.int8)
-            errs = [""] * size
-            feats[local] = features[lo : lo + len(local)]
-            st[local] = status[lo : lo + len(local)]
-            for j, e in zip(local, errors[lo : lo + len(local)]):
-                errs[j] = e
-            for row, k in reuse.items():
-                assert old is not None
-                feats[row - s.start] = old["features"][k]
-                st[row - s.start] = old["status"][k]
-                errs[row - s.start] = str(old["errors"][k])
+            hi = lo + len(local)
+            encoded = (features[lo:hi], status[lo:hi], errors[lo:hi])
+            feats, st, errs = _shard_arrays(s, local, encoded, reuse, old, raw_dim)
             _write_shard(s, model_key, ids[s.start : s.stop], feats, st, errs)
             done_shards += 1
 

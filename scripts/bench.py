@@ -1,5 +1,18 @@
 #!/usr/bin/env python
-"""Throughput of the whole toolkit on generated data: loader, training, prediction, embedding.
+"""The benchmark suite: one command, one benchmark per name, one shared harness
+(``scripts/bench_harness.py``: timing, machine and versions, JSON, the generated data).
+
+    python scripts/bench.py [suite] [options]     # the whole toolkit (the default; make bench)
+    python scripts/bench.py data [options]        # loader: load time, peak RSS, vs FuxiCTR's
+    python scripts/bench.py embed [options]       # stage 1: decode, CLIP forward, end to end
+    python scripts/bench.py ddp [options]         # torchrun on 1 vs 2 processes
+    python scripts/bench.py threads [options]     # two runs side by side: thread choice
+    python scripts/bench.py NAME --help           # each benchmark's options
+
+docs/benchmarks.md holds the current figures with the command behind each. The rest of this
+docstring is ``suite``:
+
+Throughput of the whole toolkit on generated data: loader, training, prediction, embedding.
 
     python scripts/bench.py                       # demo preset (cached in data/bench_demo/)
     python scripts/bench.py --full                # the 3.6M-row preset (data/bench_full/)
@@ -47,9 +60,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_data as bd  # noqa: E402  (scripts/ helpers shared with bench_data.py)
+# scripts/ is on sys.path when this file is run (python scripts/bench.py)
+import bench_data as bd
+import bench_harness as harness
 
 EXPERIMENTS = {"seed": "Transformer_DCN_seed", "rank1": "Transformer_DCN_rank1"}
 PROFILED = ("sequence", "cross")  # named sub-modules of TransformerDCN
@@ -60,7 +73,7 @@ TARGETS = {  # issue #10; peers: 137 and 24 samples/s on a 2-core AMX CPU in fp3
     "train.seed.samples_per_s": (">=", 1_100),
     "train.rank1.samples_per_s": (">=", 190),
 }
-log = bd.log
+log = harness.log
 
 
 # ------------------------------------------------------------------------ train steps
@@ -180,7 +193,7 @@ class StepRunner:
 
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
-        from mmctr.utils import keep_freed_memory
+        from mmctr.runtime import keep_freed_memory
 
         keep_freed_memory()  # as train() does (MMCTR_MALLOC=default measures without it)
         t = cfg.trainer
@@ -323,16 +336,6 @@ class StepRunner:
         self.timer.remove()
 
 
-def side_by_side_parser(doc: str | None) -> argparse.ArgumentParser:
-    """The options every side-by-side script shares (bench_chunks.py, bench_cross.py)."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--expid", choices=sorted(EXPERIMENTS), action="append")
-    ap.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"])
-    ap.add_argument("--steps", type=int, default=0, help="steps per repeat (seed 1, rank-1 4)")
-    ap.add_argument("--repeats", type=int, default=3)
-    return ap
-
-
 def toggled(
     name: str,
     runner: StepRunner,
@@ -376,7 +379,7 @@ def toggled(
         rows = draw(steps)
         for label in labels if rep % 2 == 0 else labels[::-1]:
             rates[label].append(run(label, rows))
-            bd.log(f"{name} repeat {rep + 1}: {label}: {rates[label][-1]:.1f} samples/s")
+            harness.log(f"{name} repeat {rep + 1}: {label}: {rates[label][-1]:.1f} samples/s")
     return rates
 
 
@@ -457,8 +460,8 @@ def measure_train(
         runner.timer.enabled = False
     out: dict[str, Any] = {
         "expid": cfg.expid,
-        "samples_per_s": bd.median(rates),
-        "step_seconds": bd.median(step_secs),
+        "samples_per_s": harness.median(rates),
+        "step_seconds": harness.median(step_secs),
         "batch_size": runner.batch_size,
         "bf16": bf16,
         "device": str(device),
@@ -479,7 +482,7 @@ def measure_train(
         default = seq.chunks_by_default(device.type == "cuda", bf16)
         out["sequence_chunks"] = default if chunks is None else bool(chunks)
     if shares:
-        out["breakdown"] = {k: bd.median([s[k] for s in shares]) for k in shares[0]}
+        out["breakdown"] = {k: harness.median([s[k] for s in shares]) for k in shares[0]}
     runner.close()
     if keep_model:
         out["_runner"] = runner
@@ -499,7 +502,7 @@ def _shares(parts: dict[str, float], modules: dict[str, float], total: float) ->
 def native_bf16(device) -> bool:
     import torch
 
-    from mmctr.utils import cpu_supports_bf16
+    from mmctr.device import cpu_supports_bf16
 
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
@@ -527,13 +530,13 @@ def measure_predict(
         return BatchLoader(part, eval_bs, device=runner.device, min_seq_len=runner.min_seq_len)
 
     predict_probs(runner.model, loader(warm), bf16=runner.bf16)
-    times = bd.timed_runs(
+    times = harness.timed_runs(
         lambda: predict_probs(runner.model, loader(head), bf16=runner.bf16),
         repeats,
         warmup=0,
         sync=runner.sync,
     )
-    sec = bd.median(times)
+    sec = harness.median(times)
     return {
         "samples_per_s": rows / sec,
         "seconds": sec,
@@ -702,7 +705,7 @@ def _describe_breakdown(name: str, tr: dict[str, Any]) -> str:
 def run(args) -> dict[str, Any]:
     import torch
 
-    from mmctr.utils import resolve_device
+    from mmctr.device import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -712,14 +715,14 @@ def run(args) -> dict[str, Any]:
     device = resolve_device(args.gpu)
     started = time.perf_counter()
     result: dict[str, Any] = {
-        "date": bd.now_iso(),
+        "date": harness.now_iso(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "preset": preset,
         "quick": quick,
         "device": str(device),
         "timing": f"median of {repeats} timed repeat(s) after warm-up",
-        "machine": bd.machine_info(),
-        "versions": bd.versions(),
+        "machine": harness.machine_info(),
+        "versions": harness.versions(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
     }
     notes: list[str] = []
@@ -733,11 +736,11 @@ def run(args) -> dict[str, Any]:
     log(f"timing: {result['timing']}")
 
     # ---- data and loader
-    data_dir = bd.ensure_data(preset, args.data_root)
+    data_dir = harness.ensure_data(preset, args.data_root)
     result["data_dir"] = str(data_dir)
     load = bd.measure_load(data_dir)
-    cfg = bd.bench_config(bd.LOADER_EXPID, data_dir)
-    items, splits, _ = bd.load_data(cfg, ("train", "valid"))
+    cfg = harness.bench_config(bd.LOADER_EXPID, data_dir)
+    items, splits, _ = harness.load_data(cfg, ("train", "valid"))
     train, valid = splits["train"], splits["valid"]
     kw = dict(repeats=repeats, warmup=1, min_seq_len=int(cfg.model.first_k_cols))
     rate = bd.loader_rate(train, 4096, seed=cfg.trainer.seed, **kw)
@@ -771,7 +774,7 @@ def run(args) -> dict[str, Any]:
         log(bd.describe_peer(peer))
 
     # ---- training steps
-    small = bd.demo_architecture_overrides()
+    small = harness.demo_architecture_overrides()
     arch = small if quick else []
     if quick:
         notes.append(
@@ -793,7 +796,7 @@ def run(args) -> dict[str, Any]:
         )
 
     def train_config(name: str):
-        tcfg = bd.bench_config(EXPERIMENTS[name], data_dir, [*arch, *args.override])
+        tcfg = harness.bench_config(EXPERIMENTS[name], data_dir, [*arch, *args.override])
         if tcfg.trainer.max_len != cfg.trainer.max_len:
             raise SystemExit(
                 f"{tcfg.expid}: max_len {tcfg.trainer.max_len} differs from the loader's"
@@ -847,7 +850,7 @@ def run(args) -> dict[str, Any]:
             repeats,
             seed=tcfg.trainer.seed,
         )
-        ours_rate, ut_rate = bd.median(rates["ours"]), bd.median(rates["untrimmed"])
+        ours_rate, ut_rate = harness.median(rates["ours"]), harness.median(rates["untrimmed"])
         tr["untrimmed"] = {
             "samples_per_s": ut_rate,
             "ours_samples_per_s": ours_rate,
@@ -874,7 +877,7 @@ def run(args) -> dict[str, Any]:
         pair["overrides"] = pair_arch
     pair_steps = 1 if quick else 2
     for prec, flag in (("fp32", False), ("bf16", True)):
-        pcfg = bd.bench_config(pair_expid, data_dir, [*pair_arch, f"bf16={str(flag).lower()}"])
+        pcfg = harness.bench_config(pair_expid, data_dir, [*pair_arch, f"bf16={str(flag).lower()}"])
         pr = measure_train(
             pcfg,
             items,
@@ -921,9 +924,33 @@ def run(args) -> dict[str, Any]:
     return result
 
 
+#: the benchmarks besides ``suite``: name -> module of scripts/ (each has ``main(argv)``)
+BENCHMARKS = {
+    "data": "bench_data",
+    "embed": "bench_embed",
+    "ddp": "bench_ddp",
+    "threads": "bench_threads",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``scripts/bench.py [NAME] [options]``: NAME's ``main(options)``; no NAME (or
+    ``suite``): the whole-toolkit run below."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in BENCHMARKS:
+        import importlib
+
+        return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+    if argv and argv[0] == "suite":
+        argv = argv[1:]
+    return suite(argv)
+
+
+def suite(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="bench.py [suite]",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny preset, small model, 1 repeat")
@@ -946,6 +973,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--data-root", help="where bench_<preset>/ lives (default: data/)")
     args = p.parse_args(argv)
+    from mmctr.runtime import flush_denormals
+
+    flush_denormals()  # as train() does
     result = run(args)
     print_table(result)
     for name, t in result["targets"].items():
@@ -957,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"note: {note}")
     log(f"total {result['seconds']:.1f} s")
     if args.json:
-        bd.write_json(args.json, result)
+        harness.write_json(args.json, result)
         log(f"results: {args.json}")
     return 0
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training samples/s with 1 and 2 torchrun processes, side by side in one run.
 
-    python scripts/bench_ddp.py [--preset tiny] [--epochs 3] [--gpu -1] [--json PATH]
+    python scripts/bench.py ddp [--preset tiny] [--epochs 3] [--gpu -1] [--json PATH]
 
 Both runs train the same tiny Transformer_DCN on the same generated data through the real
 entry point (``torchrun --standalone --nproc_per_node=N run_expid.py ...``), with the same
@@ -21,10 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.helpers import write_experiment  # noqa: E402  (the same tiny config the tests use)
+from bench_harness import REPO as ROOT
+from bench_harness import write_tiny_experiment as write_experiment
 
 STDERR_TAIL = 4000  # characters of a failed child's stderr shown
 
@@ -88,14 +86,14 @@ def run(nproc: int, cfg_dir: Path, expid: str, gpu: int, workdir: Path) -> dict:
     return json.loads((workdir / "ckpt" / "tiny" / expid / "metrics.json").read_text())
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.py ddp", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=256, help="global batch")
     p.add_argument("--gpu", type=int, default=-1)
     p.add_argument("--json", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.batch_size < 2:
         p.error("--batch-size must be at least 2 (it is split over 2 processes)")
     from mmctr.data.demo import generate
@@ -145,7 +143,7 @@ def main() -> int:
     print(f"2 vs 1 process: {ratio:.2f}x")
     out["ratio_2_vs_1"] = ratio
     if args.json:
-        from mmctr.utils import atomic_write_text  # creates missing parent folders
+        from mmctr.atomic import atomic_write_text  # creates missing parent folders
 
         atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
         print(f"results: {args.json}")

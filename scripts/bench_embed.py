@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Throughput of stage 1 (generate_embeddings), in images per second.
 
-    python scripts/bench_embed.py --quick                  # well under a minute on 2 CPU cores
-    python scripts/bench_embed.py --json bench_embed.json  # fuller run, results as JSON
+    python scripts/bench.py embed --quick                  # well under a minute on 2 CPU cores
+    python scripts/bench.py embed --json bench_embed.json  # fuller run, results as JSON
 
 Three measurements per model and device, each a median over repeats after a warm-up:
 
@@ -187,7 +187,7 @@ def bench_end_to_end(model_dir, info, images, gpu, batch_size, num_workers, repe
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bench.py embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few images and repeats (< 1 minute)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument(
@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from mmctr.runtime import flush_denormals
+
+    flush_denormals()  # as generate_embeddings() does
     from mmctr.embedding.encoder import (
         ImageFeatureExtractor,
         build_random_clip,
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"total {time.perf_counter() - started:.1f} s (setup and imports included)")
     if args.json:
-        from mmctr.utils import atomic_write_text
+        from mmctr.atomic import atomic_write_text
 
         env = {
             "python": sys.version.split()[0],

@@ -3,8 +3,8 @@
 behaviour) against mmctr's default (``mmctr/threads.py``, what a run without ``num_threads``
 now picks).
 
-    python scripts/bench_threads.py                 # 15 s timed windows, ~1 minute in all
-    python scripts/bench_threads.py --seconds 30
+    python scripts/bench.py threads                 # 15 s timed windows, ~1 minute in all
+    python scripts/bench.py threads --seconds 30
 
 For each way in turn: run A starts and keeps training; run B starts beside it (so B picks its
 threads while A is busy, as a second experiment started next to a first does), both warm up,
@@ -32,9 +32,7 @@ EXPID = "Transformer_DCN_demo"
 def _write_config(folder: Path, data: Path) -> Path:
     """config/demo's Transformer_DCN_demo on the tiny data (the tests' dataset block)."""
     import yaml
-
-    sys.path.insert(0, str(ROOT))
-    from tests.helpers import write_experiment
+    from bench_harness import write_tiny_experiment as write_experiment
 
     blocks = yaml.safe_load((ROOT / "config" / "demo" / "model_config.yaml").read_text())
     params = {**blocks["Base"], **blocks[EXPID], "dataset_id": "tiny", "bf16": False}
@@ -47,6 +45,9 @@ def worker(args: argparse.Namespace) -> int:
     """One run: pick threads (``--mode``), build the model, step until ``go``, then time."""
     import torch
 
+    from mmctr.runtime import flush_denormals
+
+    flush_denormals()  # as train() does
     from mmctr.config import load_config
     from mmctr.data.batching import BatchLoader
     from mmctr.data.dataset import read_item_table, read_split
@@ -104,7 +105,7 @@ def _pair(mode: str, config: Path, seconds: float, tmp: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="bench.py threads", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="timed window of each pair")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=("old", "new"), help=argparse.SUPPRESS)

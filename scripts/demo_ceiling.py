@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from mmctr.data import demo
 
-from mmctr.data import demo  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _embedding(path: Path, column: str) -> np.ndarray:

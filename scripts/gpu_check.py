@@ -46,21 +46,20 @@ import argparse
 import gc
 import os
 import signal
-import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench  # noqa: E402
-import bench_data as bd  # noqa: E402
+# scripts/ is on sys.path when this file is run (python scripts/gpu_check.py)
+import bench
+import bench_data as bd
+import bench_harness as harness
 
 GPU_BUDGETS = {"data": 45, "load": 25, "train": 335, "predict": 20, "embed": 55}
 CPU_BUDGETS = {"data": 30, "load": 20, "train": 90, "predict": 20, "embed": 60}
 COMBOS = [("seed", True), ("seed", False), ("rank1", True), ("rank1", False)]
-log = bd.log
+log = harness.log
 
 
 class Budget:
@@ -105,7 +104,7 @@ class Report:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        bd.write_json(self.path, self.data)
+        harness.write_json(self.path, self.data)
 
 
 class CutShort(BaseException):
@@ -157,7 +156,7 @@ def stage(report: Report, budget: Budget, name: str):
 
 
 def stage_data(preset: str, out_dir: Path) -> dict[str, Any]:
-    data_dir = bd.ensure_data(preset, out_dir)
+    data_dir = harness.ensure_data(preset, out_dir)
     return {"data_dir": str(data_dir), "preset": preset}
 
 
@@ -167,9 +166,9 @@ def stage_load(data_dir: Path, ctx: dict[str, Any], dry: bool) -> dict[str, Any]
         f"load (subprocess): {load['load_seconds']:.1f} s, peak RSS {load['peak_rss_gb']:.2f} GB, "
         f"rows {load['rows']}"
     )
-    cfg = bd.bench_config(bd.LOADER_EXPID, data_dir)
+    cfg = harness.bench_config(bd.LOADER_EXPID, data_dir)
     t = time.perf_counter()
-    items, splits, _ = bd.load_data(cfg)
+    items, splits, _ = harness.load_data(cfg)
     in_process = time.perf_counter() - t
     kw = dict(repeats=1, warmup=1, min_seq_len=int(cfg.model.first_k_cols))
     rate = bd.loader_rate(splits["train"], 4096, **kw)
@@ -288,7 +287,7 @@ def stage_train(
 
     from mmctr.training.trainer import train
 
-    arch = bd.demo_architecture_overrides() if dry else []
+    arch = harness.demo_architecture_overrides() if dry else []
     items, split = ctx["items"], ctx["splits"]["train"]
     n_train = split.n_rows
     on_gpu = device.type == "cuda"
@@ -300,7 +299,7 @@ def stage_train(
         """measure_train of experiment ``name`` at this stage's sizes, ``bf16`` or not; the
         config (its run folder) is that of ``config_bf16`` (default: ``bf16``)."""
         ov = _overrides(root, name, bf16 if config_bf16 is None else config_bf16, arch)
-        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, ov)
+        cfg = harness.bench_config(bench.EXPERIMENTS[name], data_dir, ov)
         return bench.measure_train(
             cfg,
             items,
@@ -407,7 +406,7 @@ def stage_train(
             return
         folder = f"{name}_graphs" if extra else name
         overrides = [*_overrides(root, folder, prec == "bf16", arch), *extra]
-        cfg = bd.bench_config(bench.EXPERIMENTS[name], data_dir, overrides)
+        cfg = harness.bench_config(bench.EXPERIMENTS[name], data_dir, overrides)
         log(f"{key}: one real epoch through train(cfg) (~{need:.0f} s of {left:.0f} s left)")
         t = time.perf_counter()
         try:
@@ -482,8 +481,8 @@ def graphs_match_eager(data_dir: Path, items, split, device, steps: int = 8) -> 
     largest parameter difference and both summed losses."""
     import torch
 
-    over = [*bd.demo_architecture_overrides(), "transformer_dropout=0", "net_dropout=0"]
-    cfg = bd.bench_config(bench.EXPERIMENTS["seed"], data_dir, [*over, "bf16=false"])
+    over = [*harness.demo_architecture_overrides(), "transformer_dropout=0", "net_dropout=0"]
+    cfg = harness.bench_config(bench.EXPERIMENTS["seed"], data_dir, [*over, "bf16=false"])
     eager = bench.StepRunner(cfg, items, split, device, False, sequence_chunks=False)
     eager.loader.trim_padding = False  # the full-width batches the graphed runner gets
     graphed = bench.StepRunner(cfg, items, split, device, False, cuda_graphs=True)
@@ -525,11 +524,11 @@ def stage_predict(data_dir: Path, root: Path, ctx: dict[str, Any], device) -> di
     expid, prec = trained["expid"], trained["prec"]
     on_gpu = device.type == "cuda"
     s = predict_submission(
-        bd.MMCTR_CONFIG,
+        harness.MMCTR_CONFIG,
         expid,
         gpu=(device.index or 0) if on_gpu else -1,
         out_dir=root / "submission",
-        overrides=[*bd.data_overrides(data_dir), *trained["ov"]],
+        overrides=[*harness.data_overrides(data_dir), *trained["ov"]],
         progress=False,
     )
     s["samples_per_s"] = s["rows"] / s["seconds"]
@@ -548,8 +547,8 @@ def write_item_images(out_dir: Path, n_items: int, seed: int = 2025) -> dict[str
     import numpy as np
     import pyarrow as pa
 
+    from mmctr.atomic import atomic_write_parquet
     from mmctr.data import demo
-    from mmctr.utils import atomic_write_parquet
 
     preset = demo.Preset(f"images{n_items}", 0, 0, 0, n_items, 1000, 32, 2000)
     world = demo._build_world(preset, seed)
@@ -672,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="/tmp/mmctr_gpu_check", help="work folder")
     p.add_argument("--json", help="result file (default $OUT/gpu_check.json)")
     args = p.parse_args(argv)
+    from mmctr.runtime import flush_denormals
+
+    flush_denormals()  # before any torch op starts the thread pool, as train() does
     dry = args.dry_run or os.environ.get("GPU_CHECK_CPU", "") not in ("", "0")
 
     import torch
@@ -697,11 +699,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _cut_short)
     report = Report(json_path)
     report.data.update(
-        date=bd.now_iso(),
+        date=harness.now_iso(),
         mode="dry-run (CPU, tiny sizes)" if dry else "gpu",
         device=str(device),
-        machine=bd.machine_info(),
-        versions=bd.versions(),
+        machine=harness.machine_info(),
+        versions=harness.versions(),
         budgets_seconds=budget.budgets,
         timing="median of repeats after warm-up steps; epoch times say 'extrapolated' or 'measured'",
     )

@@ -21,6 +21,7 @@ import pytest
 from mmctr.config.schema import DatasetConfig
 from mmctr.data.contract import microlens_dataset_config
 from mmctr.data.demo import generate
+from mmctr.runtime import flush_denormals
 
 TINY_SEED = 2025
 
@@ -31,6 +32,10 @@ TINY_SEED = 2025
 # each, as torchrun would give them, so that several of them never oversubscribe the cores.
 # tests/test_threads.py tests the default itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# As the entry points do (train(), prediction, embedding): denormals are flushed before torch
+# starts its thread pool, so that the tests that build and run models without train() compute
+# as these entry points do.
+flush_denormals()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
-"""scripts/bench.py --quick end to end (issue #10): it completes and its JSON has every key.
+"""The benchmark suite (scripts/bench.py NAME) end to end on tiny data: every benchmark
+completes; ``suite --quick`` writes every key of its JSON (issue #10).
 
-The figures themselves are not asserted (timings on shared CI cores mean nothing); the run is
-the tiny preset with config/demo's architecture, generated into the test's tmp folder.
+The figures themselves are not asserted (timings on shared CI cores mean nothing); the runs use
+the tiny preset (config/demo's architecture for the suite), generated into the test's tmp folder.
 """
 
 from __future__ import annotations
@@ -84,6 +85,57 @@ def test_bench_quick_writes_every_key(tmp_path):
         _get(result, key)
     assert result["quick"] is True and result["preset"] == "tiny"
     assert "median" in result["timing"]
+
+
+def _bench(args: list[str], tmp_path: Path, timeout: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_every_benchmark_script_is_a_name_of_the_suite(monkeypatch):
+    """No benchmark lives outside the one CLI: every scripts/bench_*.py but the harness is
+    one of bench.py's names."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import bench
+
+    scripts = {p.stem for p in (REPO / "scripts").glob("bench_*.py")} - {"bench_harness"}
+    assert scripts == set(bench.BENCHMARKS.values())
+    assert not [
+        p.name for p in (REPO / "scripts").glob("*.py") if "sys.path.insert" in p.read_text()
+    ]
+
+
+SMOKE = {
+    "data": ["--quick", "--no-peer", "--batch-sizes", "512"],
+    "embed": ["--quick", "--archs", "tiny", "--cpu-only", "--num-workers", "1"],
+    "ddp": ["--epochs", "1"],
+    "threads": ["--seconds", "1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_each_benchmark_runs_on_tiny_data(name, tmp_path):
+    args = [name, *SMOKE[name]]
+    if name == "data":
+        args += ["--data-root", str(tmp_path / "data")]
+    if name in ("data", "embed", "ddp"):
+        args += ["--json", str(tmp_path / f"{name}.json")]
+    _bench(args, tmp_path, timeout=230)
+    if name != "threads":
+        assert json.loads((tmp_path / f"{name}.json").read_text())
 
 
 def test_gpu_check_budgets_end_before_the_limit_and_a_cut_stage_keeps_its_figures(

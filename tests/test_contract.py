@@ -389,10 +389,11 @@ def test_item_table_larger_than_vocab(tables):
     big = {f.name: f for f in cfg.feature_cols}
     assert big["item_id"].vocab_size == 91718
     small = microlens_dataset_config("/nonexistent")
-    small.feature_cols = [
+    cols = [
         type(f)(**{**f.__dict__, "vocab_size": 100}) if f.name == "item_id" else f
         for f in small.feature_cols
     ]
+    small = dataclasses.replace(small, feature_cols=cols)  # config objects are frozen
     problems = check_item_info_table(tables["item_info"], "info", small)
     assert len(problems) == 1 and "vocab_size 100" in problems[0] and "300 item rows" in problems[0]
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mmctr import utils
+from mmctr import atomic as utils  # the atomic writes (mmctr.utils re-exports them)
 from mmctr.cli.common import describe_user_error
 from mmctr.drill import corpus
 from mmctr.drill.workspace import incomplete, make_workspace, torn_files

@@ -337,7 +337,7 @@ def plot_valid_auc(runs: list[Run], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmctr.utils import atomic_open
+    from mmctr.atomic import atomic_open
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in curves:
@@ -364,7 +364,7 @@ def compare(
     """Read every folder under ``root``; write the CSV (default ``<root>/runs.csv``) and the
     plot (default ``<root>/runs_valid_auc.png``). Returns the table text, columns, rows,
     runs and the paths written."""
-    from mmctr.utils import atomic_write_text
+    from mmctr.atomic import atomic_write_text
 
     root = Path(root)
     if not root.is_dir():

@@ -3,7 +3,7 @@ alone, and a warning when the machine is already busy.
 
 OpenMP threads of processes that share cores spin against each other: two training runs on
 two cores with torch's default threads (one per core each) ran a demo-size model several
-times slower than with one thread each (README, "Threads"). So a CPU run picks its threads:
+times slower than with one thread each (docs/benchmarks.md, `bench.py threads`). So a CPU run picks its threads:
 
 1. ``num_threads`` (config) or ``--threads`` (run_expid.py, prediction.py): that many;
 2. else ``OMP_NUM_THREADS`` when set (the tuner sets it for runs side by side: the cores

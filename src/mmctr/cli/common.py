@@ -21,8 +21,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from mmctr.config.loader import ConfigError
-from mmctr.utils import WRITE_FAILURES, DeviceError, OutputError
+from mmctr.atomic import WRITE_FAILURES, OutputError
+from mmctr.config.errors import ConfigError
+from mmctr.device import DeviceError
 
 if TYPE_CHECKING:
     from mmctr.config.loader import ExperimentConfig

@@ -23,34 +23,36 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mmctr.config.errors import ConfigError
 from mmctr.config.expid import TUNER_ID_RE, coerce_numbers, experiment_hash
-from mmctr.config.schema import (
-    ACTIVATIONS,
-    DCN_STRUCTURES,
+from mmctr.config.schema import (  # noqa: F401 (METRICS, MONITOR_MODES: old imports)
     FEATURE_TYPES,
     IGNORED_KEYS,
+    METRICS,
     MODEL_SCHEMAS,
+    MONITOR_MODES,
     DatasetConfig,
     FeatureSpec,
     LabelSpec,
     ModelBase,
     TrainerConfig,
-    embedding_init_std,
+    check_feature_config,
+    field_checks,
     field_names,
     field_types,
-    is_activation,
-    parse_regularizer,
 )
 
 OVERRIDE_SOURCE = "--override"
@@ -78,7 +80,6 @@ IGNORED_FEATURE_KEYS = frozenset(
     }
 )
 FEATURE_DTYPES = ("int", "float", "str")
-MONITOR_MODES = ("max", "min")
 
 _WHY_IGNORED = {
     "gpu": "the device comes from --gpu",
@@ -88,111 +89,7 @@ _WHY_IGNORED = {
 _DATASET_KEYS = frozenset(field_names(DatasetConfig))
 _TRAINER_KEYS = frozenset(field_names(TrainerConfig))
 _META_KEY = "_meta"
-
-# Value rules checked once the type is right: key -> (predicate, what it must be).
-_POSITIVE = (lambda v: v >= 1, "at least 1")
-_NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
-_DROPOUT = (lambda v: 0 <= v < 1, "in [0, 1)")
-_UNITS = (lambda v: all(u >= 1 for u in v), "a list of sizes >= 1")
-_REGULARIZER_FORMS = "a finite non-negative number (L2), 'l1(x)', 'l2(x)' or 'l1_l2(x, y)'"
-_ACTIVATION = (
-    is_activation,
-    f"an activation: {', '.join(ACTIVATIONS)} (any case) or a torch.nn activation class name",
-)
-
-
-def _is_embedding_initializer(value: Any) -> bool:
-    try:
-        embedding_init_std(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_regularizer(value: Any) -> bool:
-    try:
-        parse_regularizer(value)
-    except ValueError:
-        return False
-    return True
-
-
-#: what the trainer computes on every evaluation (gAUC where a group column exists)
-METRICS = ("logloss", "AUC", "gAUC")
-
-_RULES: dict[str, tuple[Any, str]] = {
-    "metrics": (
-        lambda v: all(m in METRICS for m in v),
-        f"a list of {', '.join(METRICS)} (the metrics mmctr computes; names are case-sensitive)",
-    ),
-    "data_format": (
-        lambda v: v == "parquet",
-        "'parquet' (mmctr reads parquet files; convert csv/h5 once with pandas.to_parquet)",
-    ),
-    "batch_size": _POSITIVE,
-    "eval_batch_size": _POSITIVE,
-    "epochs": _POSITIVE,
-    "accumulation_steps": _POSITIVE,
-    "early_stop_patience": _NON_NEGATIVE,
-    "eval_steps": _POSITIVE,
-    "num_workers": _NON_NEGATIVE,
-    "num_threads": _POSITIVE,
-    "max_len": _POSITIVE,
-    "learning_rate": (lambda v: v > 0, "positive"),
-    "embedding_regularizer": (_is_regularizer, _REGULARIZER_FORMS),
-    "net_regularizer": (_is_regularizer, _REGULARIZER_FORMS),
-    "weight_decay": _NON_NEGATIVE,
-    "min_lr": _NON_NEGATIVE,
-    "lr_decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "monitor_mode": (lambda v: v in MONITOR_MODES, "one of " + ", ".join(MONITOR_MODES)),
-    "bf16": (lambda v: isinstance(v, bool) or v == "auto", 'True, False or "auto"'),
-    "embedding_dim": _POSITIVE,
-    "net_dropout": _DROPOUT,
-    "transformer_dropout": _DROPOUT,
-    "attention_dropout": _DROPOUT,
-    "num_heads": _POSITIVE,
-    "transformer_layers": _NON_NEGATIVE,
-    "interest_heads": _POSITIVE,
-    "interest_head_dim": _POSITIVE,
-    "recency_buckets": _POSITIVE,
-    "id_dropout": _DROPOUT,
-    "history_dropout": _DROPOUT,
-    "embedding_initializer": (
-        _is_embedding_initializer,
-        '"partial(nn.init.normal_, std=X)" (FuxiCTR\'s form) or "torch_default"',
-    ),
-    "dim_feedforward": _POSITIVE,
-    "first_k_cols": _POSITIVE,
-    "dcn_cross_layers": _NON_NEGATIVE,
-    "num_cross_layers": _NON_NEGATIVE,
-    "cross_low_rank": _POSITIVE,
-    "cross_num_experts": _POSITIVE,
-    "low_rank": _POSITIVE,
-    "num_experts": _POSITIVE,
-    "dcn_hidden_units": _UNITS,
-    "mlp_hidden_units": _UNITS,
-    "dnn_hidden_units": _UNITS,
-    "attention_hidden_units": _UNITS,
-    "stacked_dnn_hidden_units": _UNITS,
-    "parallel_dnn_hidden_units": _UNITS,
-    "hidden_activations": _ACTIVATION,
-    "dnn_activations": _ACTIVATION,
-    "attention_hidden_activations": _ACTIVATION,
-    "attention_output_activation": (
-        lambda v: is_activation(v, identity_ok=True),
-        _ACTIVATION[1] + ", or none / linear",
-    ),
-    "model_structure": (lambda v: v in DCN_STRUCTURES, "one of " + ", ".join(DCN_STRUCTURES)),
-}
-
-
-class ConfigError(ValueError):
-    """A config the user must fix. ``str()`` is the whole explanation; ``problems`` lists the
-    individual problems when there are several."""
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = list(problems or [])
+# The value rules of the keys are part of their fields (schema.key, schema.field_checks).
 
 
 def _fail(header: str, problems: list[str]) -> ConfigError:
@@ -282,7 +179,7 @@ def parse_yaml_value(text: str) -> Any:
 # ------------------------------------------------------------------------------ the config
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One resolved experiment: typed parts for the code, the flat dict for the record.
 
@@ -345,9 +242,9 @@ class ExperimentConfig:
             overrides=meta.get("overrides", []),
             origin=f"saved config of expid {expid!r}",
         )
-        if "notices" in meta:
-            cfg.notices = list(meta["notices"])
-        cfg.hash_check = meta.get("hash_check", HASH_NOT_TUNER_ID)
+        notices = list(meta["notices"]) if "notices" in meta else cfg.notices
+        hash_check = meta.get("hash_check", HASH_NOT_TUNER_ID)
+        cfg = dataclasses.replace(cfg, notices=notices, hash_check=hash_check)
         return cfg
 
 
@@ -480,7 +377,7 @@ def load_config(
     cfg = build_config(
         expid, params, sources=sources, overrides=overrides, origin=f"expid {expid!r}"
     )
-    cfg.hash_check = _check_hash(cfg, allow_hash_mismatch)
+    cfg = dataclasses.replace(cfg, hash_check=_check_hash(cfg, allow_hash_mismatch))
     return cfg
 
 
@@ -508,62 +405,12 @@ def build_config(
     def where(key: str) -> str:
         return sources.get(key, "<dict>")
 
-    # Which model, hence which keys.
     model_name = params.get("model")
-    model_cls = MODEL_SCHEMAS.get(model_name) if isinstance(model_name, str) else None
-    known_models = ", ".join(MODEL_SCHEMAS)
-    if "model" not in params:
-        problems.append(f"no 'model' key: name one of the known models ({known_models})")
-    elif model_cls is None:
-        problems.append(
-            f"unknown model {_show(model_name)} (from {where('model')}); known models: "
-            f"{known_models}{_did_you_mean(str(model_name), list(MODEL_SCHEMAS))}"
-        )
-    model_keys = (
-        frozenset(field_names(model_cls))
-        if model_cls
-        else frozenset().union(*(field_names(c) for c in MODEL_SCHEMAS.values()))
-    )
-    valid_keys = _DATASET_KEYS | _TRAINER_KEYS | model_keys
+    model_cls = _model_schema(model_name, "model" in params, where, problems)
     if "dataset_id" not in params:
         problems.append("no 'dataset_id' key: name the dataset block this experiment uses")
-
-    # Unknown / ignored keys.
-    for key in params:
-        if not isinstance(key, str):
-            problems.append(f"key {key!r} (from {where(key)}) is not a name")
-        elif key in IGNORED_KEYS:
-            why = _WHY_IGNORED.get(key, "not used by mmctr")
-            notices.append(f"ignoring FuxiCTR key {key!r} (from {where(key)}): {why}")
-        elif key not in valid_keys:
-            owners = [m for m, c in MODEL_SCHEMAS.items() if key in field_names(c)]
-            if owners:
-                problems.append(
-                    f"key {key!r} (from {where(key)}) belongs to model {' / '.join(owners)}, "
-                    f"not to {model_name}"
-                )
-            else:
-                hint = _did_you_mean(key, sorted(valid_keys | IGNORED_KEYS))
-                problems.append(f"unknown key {key!r} (from {where(key)}){hint}")
-
-    # Types and values of the declared keys.
-    declared = dict(field_types(DatasetConfig)) | dict(field_types(TrainerConfig))
-    if model_cls is not None:
-        declared |= dict(field_types(model_cls))
-    resolved: dict[str, Any] = {}
-    for key, value in params.items():
-        if key in ("feature_cols", "label_col") or key not in declared:
-            resolved[key] = copy.deepcopy(value)
-            continue
-        annotation = declared[key]
-        if not _type_ok(value, annotation):
-            problems.append(
-                f"{key!r} (from {where(key)}) must be {_type_name(annotation)}, got {_show(value)}"
-            )
-        elif value is not None and key in _RULES and not _RULES[key][0](value):
-            problems.append(f"{key!r} (from {where(key)}) must be {_RULES[key][1]}, got {value!r}")
-        resolved[key] = coerce_numbers(copy.deepcopy(value), annotation)
-
+    _check_key_names(params, model_name, model_cls, where, problems, notices)
+    resolved = _resolve_values(params, model_cls, where, problems)
     monitor_problem = _check_monitor(resolved, where)
     if monitor_problem:
         problems.append(monitor_problem)
@@ -582,6 +429,101 @@ def build_config(
 
     if problems:
         raise _fail(f"{origin} is not a valid config", problems)
+    return _assemble(
+        expid, resolved, features, label, model_cls, sources, overrides, notices, origin
+    )
+
+
+def _model_schema(
+    model_name: Any, named: bool, where: Callable[[str], str], problems: list[str]
+) -> type[ModelBase] | None:
+    """The schema of the ``model:`` named (None, with a problem, when it names none)."""
+    model_cls = MODEL_SCHEMAS.get(model_name) if isinstance(model_name, str) else None
+    known_models = ", ".join(MODEL_SCHEMAS)
+    if not named:
+        problems.append(f"no 'model' key: name one of the known models ({known_models})")
+    elif model_cls is None:
+        problems.append(
+            f"unknown model {_show(model_name)} (from {where('model')}); known models: "
+            f"{known_models}{_did_you_mean(str(model_name), list(MODEL_SCHEMAS))}"
+        )
+    return model_cls
+
+
+def _check_key_names(
+    params: dict[str, Any],
+    model_name: Any,
+    model_cls: type[ModelBase] | None,
+    where: Callable[[str], str],
+    problems: list[str],
+    notices: list[str],
+) -> None:
+    """Unknown keys (with the closest valid name), another model's keys, ignored FuxiCTR keys."""
+    model_keys = (
+        frozenset(field_names(model_cls))
+        if model_cls
+        else frozenset().union(*(field_names(c) for c in MODEL_SCHEMAS.values()))
+    )
+    valid_keys = _DATASET_KEYS | _TRAINER_KEYS | model_keys
+    for key in params:
+        if not isinstance(key, str):
+            problems.append(f"key {key!r} (from {where(key)}) is not a name")
+        elif key in IGNORED_KEYS:
+            why = _WHY_IGNORED.get(key, "not used by mmctr")
+            notices.append(f"ignoring FuxiCTR key {key!r} (from {where(key)}): {why}")
+        elif key not in valid_keys:
+            owners = [m for m, c in MODEL_SCHEMAS.items() if key in field_names(c)]
+            if owners:
+                problems.append(
+                    f"key {key!r} (from {where(key)}) belongs to model {' / '.join(owners)}, "
+                    f"not to {model_name}"
+                )
+            else:
+                hint = _did_you_mean(key, sorted(valid_keys | IGNORED_KEYS))
+                problems.append(f"unknown key {key!r} (from {where(key)}){hint}")
+
+
+def _resolve_values(
+    params: dict[str, Any],
+    model_cls: type[ModelBase] | None,
+    where: Callable[[str], str],
+    problems: list[str],
+) -> dict[str, Any]:
+    """The declared keys checked against their field's type and value check; the resolved
+    dict (numbers of float fields as floats)."""
+    classes = [DatasetConfig, TrainerConfig] + ([model_cls] if model_cls is not None else [])
+    declared = {k: v for c in classes for k, v in field_types(c).items()}
+    checks = {k: v for c in classes for k, v in field_checks(c).items()}
+    resolved: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in ("feature_cols", "label_col") or key not in declared:
+            resolved[key] = copy.deepcopy(value)
+            continue
+        annotation = declared[key]
+        if not _type_ok(value, annotation):
+            problems.append(
+                f"{key!r} (from {where(key)}) must be {_type_name(annotation)}, got {_show(value)}"
+            )
+        elif value is not None and key in checks and not checks[key].ok(value):
+            problems.append(
+                f"{key!r} (from {where(key)}) must be {checks[key].must_be}, got {value!r}"
+            )
+        resolved[key] = coerce_numbers(copy.deepcopy(value), annotation)
+    return resolved
+
+
+def _assemble(
+    expid: str,
+    resolved: dict[str, Any],
+    features: list[FeatureSpec],
+    label: LabelSpec,
+    model_cls: type[ModelBase],
+    sources: dict[str, str],
+    overrides: list[str] | None,
+    notices: list[str],
+    origin: str,
+) -> ExperimentConfig:
+    """The typed parts of a valid resolved dict (the dataset's features checked readable)."""
 
     def pick(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         return {
@@ -595,9 +537,7 @@ def build_config(
         feature_cols=features,
         label_col=label,
     )
-    from mmctr.data.contract import check_feature_config  # features the loader can read
-
-    unreadable = check_feature_config(dataset)
+    unreadable = check_feature_config(dataset)  # features the loader can read
     if unreadable:
         raise _fail(f"{origin} is not a valid config", unreadable)
     return ExperimentConfig(

@@ -128,10 +128,14 @@ class BatchLoader:
         n_full = sum(1 for size in sizes if size == gb)  # a partial or folded one stays last
         g = torch.Generator().manual_seed(int(self.seed) * 7919 + self.epoch)
         order = torch.randperm(n_full, generator=g).tolist()
-        return torch.cat([sorted_perm[i * gb : (i + 1) * gb] for i in order] + [sorted_perm[n_full * gb :]])
+        return torch.cat(
+            [sorted_perm[i * gb : (i + 1) * gb] for i in order] + [sorted_perm[n_full * gb :]]
+        )
 
     def __len__(self) -> int:
-        return len(batch_sizes(self.split.n_rows, self.batch_size * self.world_size, self.world_size))
+        return len(
+            batch_sizes(self.split.n_rows, self.batch_size * self.world_size, self.world_size)
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()

@@ -29,8 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmctr.config.schema import DatasetConfig, FeatureSpec, LabelSpec
-from mmctr.data.dataset import HISTORY_COL
+from mmctr.columns import HISTORY_COL
+from mmctr.config.schema import (  # noqa: F401 (check_feature_config: re-exported)
+    DatasetConfig,
+    FeatureSpec,
+    LabelSpec,
+    check_feature_config,
+)
 
 MICROLENS_N_ITEMS = 91_718
 MICROLENS_TAG_VOCAB = 11_740
@@ -134,30 +139,6 @@ def history_columns(dataset: DatasetConfig) -> list[str]:
         if f.type == "meta" and f.name.endswith("_seq") and f.name not in names:
             names.append(f.name)
     return names
-
-
-def check_feature_config(dataset: DatasetConfig) -> list[str]:
-    """Problems of ``feature_cols`` that the loader cannot read (empty list = OK): a per-row
-    (not ``source: item``) feature must be categorical or numeric, and the user history
-    ``item_seq`` must be declared ``type: meta``."""
-    problems = []
-    where = f"dataset '{dataset.dataset_id}': feature_cols"
-    for f in dataset.active_features:
-        if f.is_item_side:
-            continue
-        if f.type in ("sequence", "embedding"):
-            problems.append(
-                f"{where}: feature '{f.name}' has type {f.type} without `source: item`; per-row "
-                f"features must be categorical or numeric (item-side sequence/embedding "
-                f"features need `source: item`), and the user history '{HISTORY_COL}' must be "
-                "declared `type: meta`"
-            )
-        elif f.name == HISTORY_COL and f.type != "meta":
-            problems.append(
-                f"{where}: feature '{f.name}' is the user history read by the loader and must "
-                f"be declared `type: meta` (found type {f.type})"
-            )
-    return problems
 
 
 def _list_value_type(t: pa.DataType) -> pa.DataType | None:
@@ -306,32 +287,7 @@ class _ColumnChecks:
             )
             values = values.fill_null(0)
         v = values.to_numpy(zero_copy_only=False)
-        if length is not None:
-            bad = np.flatnonzero(lens != length)
-            tally.add(
-                name,
-                f"expected lists of length {length}",
-                bad,
-                offset,
-                lambda i: f"length {int(lens[i])}",
-            )
-        elif constant_length and n:
-            valid = np.ones(n, dtype=bool)
-            if arr.null_count:  # null rows are reported once, by nulls()
-                valid = ~arr.is_null().to_numpy(zero_copy_only=False)
-            if self.seq_width is None and valid.any():
-                first = int(np.argmax(valid))
-                self.seq_width, self.seq_width_row = int(lens[first]), offset + first
-            if self.seq_width is not None:
-                bad = np.flatnonzero((lens != self.seq_width) & valid)
-                tally.add(
-                    name,
-                    f"every row must hold the same number of entries (row {self.seq_width_row} "
-                    f"has {self.seq_width})",
-                    bad,
-                    offset,
-                    lambda i: f"length {int(lens[i])}",
-                )
+        self._list_lengths(arr, offset, lens, length, constant_length)
         if len(v) == 0:
             return
         if lo is not None and hi is not None and _out_of_range(v, lo, hi):
@@ -352,21 +308,7 @@ class _ColumnChecks:
                     lambda i: "",
                 )
         if left_padded:
-            nz = np.not_equal(v, 0, out=self.scratch("nz", len(v)))
-            # a real entry followed by a 0 ...
-            after = np.greater(nz[:-1], nz[1:], out=self.scratch("after", max(len(v) - 1, 0)))
-            inner = offsets[1:-1] - 1  # ... inside one row (not across a row boundary)
-            after[inner[(inner >= 0) & (inner < len(after))]] = False
-            if after.any():
-                rows = _rows_of(np.flatnonzero(after), offsets)
-                tally.add(
-                    name,
-                    "not left-padded: a 0 follows a real item (expected padding first, most "
-                    "recent item last)",
-                    rows,
-                    offset,
-                    lambda i: "",
-                )
+            self._left_padded(v, offsets, offset)
         if zero_row0 and offset == 0 and n:
             row0 = v[offsets[0] : offsets[1]]
             if np.any(row0 != 0):
@@ -378,6 +320,57 @@ class _ColumnChecks:
                     0,
                     lambda i: f"{nzc} non-zero entries",
                 )
+
+    def _list_lengths(
+        self, arr: pa.Array, offset: int, lens: np.ndarray, length: int | None, constant: bool
+    ) -> None:
+        """Lists of ``length`` entries, or (``constant``) as many as the first valid row's."""
+        name, tally, n = self.name, self.tally, len(arr)
+        if length is not None:
+            bad = np.flatnonzero(lens != length)
+            tally.add(
+                name,
+                f"expected lists of length {length}",
+                bad,
+                offset,
+                lambda i: f"length {int(lens[i])}",
+            )
+        elif constant and n:
+            valid = np.ones(n, dtype=bool)
+            if arr.null_count:  # null rows are reported once, by nulls()
+                valid = ~arr.is_null().to_numpy(zero_copy_only=False)
+            if self.seq_width is None and valid.any():
+                first = int(np.argmax(valid))
+                self.seq_width, self.seq_width_row = int(lens[first]), offset + first
+            if self.seq_width is not None:
+                bad = np.flatnonzero((lens != self.seq_width) & valid)
+                tally.add(
+                    name,
+                    f"every row must hold the same number of entries (row {self.seq_width_row} "
+                    f"has {self.seq_width})",
+                    bad,
+                    offset,
+                    lambda i: f"length {int(lens[i])}",
+                )
+
+    def _left_padded(self, v: np.ndarray, offsets: np.ndarray, offset: int) -> None:
+        """Every row's real entries after its padding zeros (flat values ``v``)."""
+        name, tally = self.name, self.tally
+        nz = np.not_equal(v, 0, out=self.scratch("nz", len(v)))
+        # a real entry followed by a 0 ...
+        after = np.greater(nz[:-1], nz[1:], out=self.scratch("after", max(len(v) - 1, 0)))
+        inner = offsets[1:-1] - 1  # ... inside one row (not across a row boundary)
+        after[inner[(inner >= 0) & (inner < len(after))]] = False
+        if after.any():
+            rows = _rows_of(np.flatnonzero(after), offsets)
+            tally.add(
+                name,
+                "not left-padded: a 0 follows a real item (expected padding first, most "
+                "recent item last)",
+                rows,
+                offset,
+                lambda i: "",
+            )
 
 
 def _type_problem(path: str, col: str, t: pa.DataType, role: str) -> str | None:
@@ -466,18 +459,7 @@ def check_item_info_table(table: pa.Table, path: str, dataset: DatasetConfig) ->
             cc = col_checks[f.name]
             cc.nulls(arr, offset)
             if role == "id":
-                v = arr.to_numpy(zero_copy_only=False)
-                ok = v == np.arange(offset, offset + len(v))
-                if arr.null_count:
-                    ok |= arr.is_null().to_numpy(zero_copy_only=False)
-                bad = np.flatnonzero(~ok)
-                tally.add(
-                    f.name,
-                    "must equal the row index (row i describes item i, row 0 = padding)",
-                    bad,
-                    offset,
-                    lambda i, v=v: f"value {_fmt(v[i])}",
-                )
+                _check_row_index(tally, f.name, arr, offset)
             elif role == "int":
                 vs = f.vocab_size
                 if vs is not None:
@@ -507,6 +489,22 @@ def check_item_info_table(table: pa.Table, path: str, dataset: DatasetConfig) ->
                     zero_row0=True,
                 )
     return problems + tally.messages()
+
+def _check_row_index(tally: _Tally, name: str, arr: pa.Array, offset: int) -> None:
+    """The item-id column equals the row index (its nulls are reported by ``nulls``)."""
+    v = arr.to_numpy(zero_copy_only=False)
+    ok = v == np.arange(offset, offset + len(v))
+    if arr.null_count:
+        ok |= arr.is_null().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~ok)
+    tally.add(
+        name,
+        "must equal the row index (row i describes item i, row 0 = padding)",
+        bad,
+        offset,
+        lambda i, v=v: f"value {_fmt(v[i])}",
+    )
+
 
 
 def _id_range(vocab_size: int | None) -> dict[str, Any]:

@@ -17,23 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmctr.config.schema import DatasetConfig, FeatureSpec
+from mmctr.columns import HISTORY_COL, TARGET_COL
+from mmctr.config.schema import DatasetConfig
+from mmctr.data import contract
 
-HISTORY_COL = "item_seq"
-TARGET_COL = "item_id"
 # 65,536-row read batches: Arrow's pool then peaks at ~0.25 GB instead of ~1 GB (full preset)
 _READ_BATCH_ROWS = 65_536
-
-
-def _contract():
-    from mmctr.data import contract
-
-    return contract
 
 
 @dataclass
@@ -150,7 +145,6 @@ def _flat_list_values(arr: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.n
 
 def read_item_table(path: str | Path, dataset: DatasetConfig) -> ItemTable:
     """Read ``item_info.parquet`` into item-side tables; raises DataContractError on bad input."""
-    contract = _contract()
     path = str(path)
     if not Path(path).is_file():
         raise contract.DataContractError([f"{path}: item_info file not found"])
@@ -180,7 +174,7 @@ def read_item_table(path: str | Path, dataset: DatasetConfig) -> ItemTable:
 
 
 def _parquet_error(path: str, exc: Exception) -> Exception:
-    return _contract().DataContractError([f"{path}: cannot be read as parquet ({exc})"])
+    return contract.DataContractError([f"{path}: cannot be read as parquet ({exc})"])
 
 
 def _real_labels(labels: np.ndarray) -> np.ndarray | None:
@@ -188,6 +182,47 @@ def _real_labels(labels: np.ndarray) -> np.ndarray | None:
     -1, NaN/null, ...: the hidden test labels of the contract)."""
     both = (labels == 0).any() and (labels == 1).any()
     return labels if both and np.isin(labels, (0.0, 1.0)).all() else None
+
+
+def _open_split(
+    path: str, dataset: DatasetConfig, n_items: int, require_label: bool, group_col: str | None
+) -> tuple[pq.ParquetFile, pa.Schema, Any, bool]:
+    """The open parquet file, its schema (a placeholder test label left out), the batch
+    checker, and whether a label column is read; the file-level problems raised."""
+    if not Path(path).is_file():
+        raise contract.DataContractError([f"{path}: file not found"])
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _parquet_error(path, exc) from exc
+    schema = pf.schema_arrow
+    names = set(schema.names)
+    label = dataset.label_col.name
+    has_label = label in names
+    if require_label and not has_label:
+        raise contract.DataContractError(
+            [f"{path}: column {label!r} (label) is missing; columns are {sorted(names)}"]
+        )
+    inputs = [TARGET_COL, HISTORY_COL] + [f.name for f in dataset.side_features]
+    missing = [
+        f"{path}: column {c!r} is missing (the config's feature_cols need it)"
+        for c in inputs
+        if c not in names
+    ]
+    if missing:
+        raise contract.DataContractError(missing)
+    if not require_label and has_label:
+        # the hidden test labels may be a placeholder: not checked, used only if real 0/1
+        lt = schema.field(label).type
+        has_label = pa.types.is_integer(lt) or pa.types.is_floating(lt) or pa.types.is_boolean(lt)
+        schema = pa.schema([f for f in schema if f.name != label])
+    # schema problems: other config columns, types, the group_id column
+    checker = contract.SplitChecker(
+        schema, path, dataset, n_items=n_items, require_label=require_label, group_col=group_col
+    )
+    if checker.problems:
+        raise contract.DataContractError(checker.problems)
+    return pf, schema, checker, has_label
 
 
 def read_split(
@@ -208,53 +243,12 @@ def read_split(
     Raises ``DataContractError`` naming the file and column for malformed input; nothing is
     silently coerced.
     """
-    contract = _contract()
     path = str(path)
-    if not Path(path).is_file():
-        raise contract.DataContractError([f"{path}: file not found"])
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise _parquet_error(path, exc) from exc
-    schema = pf.schema_arrow
-    names = set(schema.names)
+    pf, schema, checker, has_label = _open_split(path, dataset, n_items, require_label, group_col)
     label = dataset.label_col.name
-    has_label = label in names
-    if require_label and not has_label:
-        raise contract.DataContractError(
-            [f"{path}: column {label!r} (label) is missing; columns are {sorted(names)}"]
-        )
-    side: list[FeatureSpec] = dataset.side_features
-    inputs = [TARGET_COL, HISTORY_COL] + [f.name for f in side]
-    missing = [
-        f"{path}: column {c!r} is missing (the config's feature_cols need it)"
-        for c in inputs
-        if c not in names
-    ]
-    if missing:
-        raise contract.DataContractError(missing)
-    if not require_label and has_label:
-        # the hidden test labels may be a placeholder: not checked, used only if real 0/1
-        lt = schema.field(label).type
-        has_label = pa.types.is_integer(lt) or pa.types.is_floating(lt) or pa.types.is_boolean(lt)
-        schema = pa.schema([f for f in schema if f.name != label])
-    # schema problems: other config columns, types, the group_id column
-    checker = contract.SplitChecker(
-        schema, path, dataset, n_items=n_items, require_label=require_label, group_col=group_col
-    )
-    if checker.problems:
-        raise contract.DataContractError(checker.problems)
     read_cols = list(dict.fromkeys(checker.read_columns + ([label] if has_label else [])))
-
     n = pf.metadata.num_rows
-    # History width: the fixed-size type if it is one, else the length of the first row
-    # (the checks make every row match it and reject nulls before it is read).
-    hist_type = schema.field(HISTORY_COL).type
-    width = hist_type.list_size if pa.types.is_fixed_size_list(hist_type) else None
-    keep = 0
-    if width is not None:
-        keep = width if max_len is None else min(width, int(max_len))
-    seq_chunks: list[np.ndarray] = []
+    side = dataset.side_features
     seq_len = np.zeros(n, dtype=np.int16)
     target = np.zeros(n, dtype=np.int64)
     side_arrays = {
@@ -262,7 +256,13 @@ def read_split(
     }
     labels = np.zeros(n, dtype=np.float32) if has_label else None
     groups = np.zeros(n, dtype=np.int64) if group_col else None
-
+    # history width: a fixed-size type's, else the first row's (the checks make all rows match)
+    hist_type = schema.field(HISTORY_COL).type
+    width = hist_type.list_size if pa.types.is_fixed_size_list(hist_type) else None
+    fills = [(target, TARGET_COL)] + [(side_arrays[f.name], f.name) for f in side]
+    fills += [(labels, label)] if labels is not None else []
+    fills += [(groups, group_col)] if groups is not None else []
+    seq_chunks: list[np.ndarray] = []
     start = 0
     try:
         for batch in pf.iter_batches(batch_size=_READ_BATCH_ROWS, columns=read_cols):
@@ -273,26 +273,18 @@ def read_split(
                 start += rows
                 continue
             values, lens = _flat_list_values(batch.column(HISTORY_COL))
-            if width is None:
-                width = int(lens[0])
-                keep = width if max_len is None else min(width, int(max_len))
+            width = int(lens[0]) if width is None else width
+            keep = width if max_len is None else min(width, int(max_len))
             block = values.reshape(rows, width)[:, width - keep :]
             real = block != 0  # left-padded (checked): row-major order keeps item order
             seq_chunks.append(block[real].astype(np.int32))
             seq_len[start : start + rows] = real.sum(axis=1)
-            target[start : start + rows] = batch.column(TARGET_COL).to_numpy(zero_copy_only=False)
-            for f in side:
-                side_arrays[f.name][start : start + rows] = batch.column(f.name).to_numpy(
-                    zero_copy_only=False
-                )
-            if labels is not None:
-                labels[start : start + rows] = batch.column(label).to_numpy(zero_copy_only=False)
-            if groups is not None:
-                col = batch.column(group_col).to_numpy(zero_copy_only=False)
-                groups[start : start + rows] = col
+            for array, name in fills:
+                array[start : start + rows] = batch.column(name).to_numpy(zero_copy_only=False)
             start += rows
     except (OSError, pa.ArrowException) as exc:
         raise _parquet_error(path, exc) from exc
+    keep = 0 if width is None else width if max_len is None else min(width, int(max_len))
     checker.tally.rows = n
     if checker.has_problems:
         raise contract.DataContractError(checker.result())

@@ -103,7 +103,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmctr.utils import atomic_write_parquet, atomic_write_text
+from mmctr.atomic import atomic_write_parquet, atomic_write_text
 
 SEQ_LEN = 100
 TAG_SLOTS = 5
@@ -300,6 +300,33 @@ def history_lengths(rng: np.random.Generator, n: int, knobs: Knobs = Knobs()) ->
     return np.clip(3 + np.floor(x), 3, SEQ_LEN).astype(np.int64)
 
 
+def _item_tags(
+    rng: np.random.Generator, preset: Preset, cluster: np.ndarray, knobs: Knobs
+) -> tuple[np.ndarray, np.ndarray]:
+    """Items' tags (n, 5), left-padded with 0, and each tag's click effect (TAG_VOCAB,):
+    per-topic pools, Zipf weights inside a pool, top-n by Efraimidis-Spirakis keys."""
+    n, k = preset.n_items, preset.n_clusters
+    n_tags = preset.n_tags_used
+    pool_size = int(min(n_tags, max(8, 2 * n_tags // k), TAG_POOL_MAX))
+    pools = np.stack(
+        [rng.choice(np.arange(1, n_tags + 1), size=pool_size, replace=False) for _ in range(k)]
+    )
+    zipf = 1.0 / np.arange(1, pool_size + 1)
+    # weighted sampling without replacement: the 5 smallest Exp(1) / weight keys
+    keys = rng.standard_exponential((n, pool_size)) / zipf
+    top = np.argpartition(keys, TAG_SLOTS - 1, axis=1)[:, :TAG_SLOTS]
+    real = pools[cluster[:, None], top]  # (n, 5)
+    swap = rng.random((n, TAG_SLOTS)) < knobs.tag_noise
+    real = np.where(swap, rng.integers(1, n_tags + 1, size=(n, TAG_SLOTS)), real)
+    n_real = rng.choice(np.arange(1, TAG_SLOTS + 1), size=n, p=[0.10, 0.15, 0.20, 0.20, 0.35])
+    slot = np.arange(TAG_SLOTS)[None, :]
+    tags = np.where(slot >= TAG_SLOTS - n_real[:, None], real, 0).astype(np.int64)
+    tags[0] = 0
+    tag_effect = np.where(rng.random(TAG_VOCAB) < 0.15, rng.standard_normal(TAG_VOCAB), 0.0)
+    tag_effect[0] = 0.0
+    return tags, tag_effect
+
+
 def _build_world(preset: Preset, seed: int, knobs: Knobs = Knobs()) -> _World:
     n, k, d = preset.n_items, preset.n_clusters, LATENT_DIM
     rng = _rng(seed, 0)
@@ -319,25 +346,7 @@ def _build_world(preset: Preset, seed: int, knobs: Knobs = Knobs()) -> _World:
     pop[0] = 0.0
     logpop_std = (logpop - logpop[1:].mean()) / logpop[1:].std()
     logpop_std[0] = 0.0
-    # tags: per-topic pools, Zipf weights inside a pool, top-n by Efraimidis-Spirakis keys
-    n_tags = preset.n_tags_used
-    pool_size = int(min(n_tags, max(8, 2 * n_tags // k), TAG_POOL_MAX))
-    pools = np.stack(
-        [rng.choice(np.arange(1, n_tags + 1), size=pool_size, replace=False) for _ in range(k)]
-    )
-    zipf = 1.0 / np.arange(1, pool_size + 1)
-    # weighted sampling without replacement: the 5 smallest Exp(1) / weight keys
-    keys = rng.standard_exponential((n, pool_size)) / zipf
-    top = np.argpartition(keys, TAG_SLOTS - 1, axis=1)[:, :TAG_SLOTS]
-    real = pools[cluster[:, None], top]  # (n, 5)
-    swap = rng.random((n, TAG_SLOTS)) < knobs.tag_noise
-    real = np.where(swap, rng.integers(1, n_tags + 1, size=(n, TAG_SLOTS)), real)
-    n_real = rng.choice(np.arange(1, TAG_SLOTS + 1), size=n, p=[0.10, 0.15, 0.20, 0.20, 0.35])
-    slot = np.arange(TAG_SLOTS)[None, :]
-    tags = np.where(slot >= TAG_SLOTS - n_real[:, None], real, 0).astype(np.int64)
-    tags[0] = 0
-    tag_effect = np.where(rng.random(TAG_VOCAB) < 0.15, rng.standard_normal(TAG_VOCAB), 0.0)
-    tag_effect[0] = 0.0
+    tags, tag_effect = _item_tags(rng, preset, cluster, knobs)  # the same draws, in order
     # frozen multimodal embedding: noisy linear view of z
     w_emb = rng.normal(0.0, 1.0 / np.sqrt(d), (EMB_DIM, d))
     emb = (z @ w_emb.T + knobs.emb_noise * rng.standard_normal((n, EMB_DIM))) * 0.25
@@ -609,6 +618,7 @@ NOT_IMAGE_BYTES = (
 def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> dict[str, Any]:
     """Write ``item_images/<id>.jpg`` and ``item_images_manifest.csv``; returns counts."""
     from PIL import Image
+
     from mmctr.progress import track
 
     n = world.preset.n_items
@@ -633,9 +643,7 @@ def write_images(world: _World, out_dir: Path, seed: int, batch: int = 512) -> d
     for lo in track(range(1, n, batch), "item images", unit="batch"):
         hi = min(n, lo + batch)
         rng_px = _rng(seed, 8, lo)
-        pix = render_images(
-            world.z[lo:hi], world.img_rot, rng_px, noise=world.knobs.image_noise
-        )
+        pix = render_images(world.z[lo:hi], world.img_rot, rng_px, noise=world.knobs.image_noise)
         for j, item in enumerate(range(lo, hi)):
             st = status.get(item)
             if st == "missing":
@@ -764,64 +772,16 @@ def generate(
         else:
             warm = _target_sampler(world, train_targets)
             cold = _target_sampler(world, world.cold)
-        batches, p_all, y_all, cold_rows = [], [], [], 0
-        for chunk_idx, lo in enumerate(range(0, n, CHUNK_ROWS)):
-            m = min(CHUNK_ROWS, n - lo)
-            rng = _rng(seed, 3, split_idx, chunk_idx)
-            rows = _gen_rows(world, m, rng, warm, cold)
-            p = _sigmoid(rows.logit0 + world.b0)
-            y = (rng.random(m) < p).astype(np.int64)
-            if split == "train":
-                train_targets[rows.item_id] = True
-            else:
-                cold_rows += int((~train_targets[rows.item_id]).sum())
-            if split == "train":
-                all_lengths.append(rows.lengths)
-            batches.append(_split_batch(rows, y))
-            p_all.append(p)
-            y_all.append(y)
-            del rows
-        table = pa.Table.from_batches(batches, schema=SPLIT_SCHEMA)
-        del batches
-        atomic_write_parquet(table, paths[split], **PARQUET_OPTIONS)
-        del table
-        p_cat, y_cat = np.concatenate(p_all), np.concatenate(y_all)
-        oracle_tables.append(
-            pa.table(
-                {
-                    "split": pa.array(np.full(n, split, dtype=object), type=pa.string()),
-                    "row": pa.array(np.arange(n, dtype=np.int64)),
-                    "p_true": pa.array(p_cat),
-                },
-                schema=ORACLE_SCHEMA,
-            )
+        oracle, stats[split] = _write_split(
+            world, split, split_idx, n, seed, (warm, cold), train_targets, paths, all_lengths
         )
-        stats[split] = {
-            "rows": n,
-            "positive_rate": float(y_cat.mean()),
-            "oracle_auc": _auc(y_cat, p_cat),
-        }
-        if split != "train":
-            stats[split]["cold_target_share"] = cold_rows / n
+        oracle_tables.append(oracle)
         log(f"{split} written ({n:,} rows, oracle AUC {stats[split]['oracle_auc']:.4f})")
 
-    atomic_write_parquet(
-        pa.concat_tables(oracle_tables),
-        paths["oracle"],
-        compression="zstd",
-        use_dictionary=["split"],
-        column_encoding={"row": "DELTA_BINARY_PACKED", "p_true": "BYTE_STREAM_SPLIT"},
-        row_group_size=ROW_GROUP_ROWS,
-    )
-    lengths = np.concatenate(all_lengths)
+    _write_oracle(oracle_tables, paths["oracle"])
     summary["splits"] = stats
     summary["oracle_auc"] = {s: stats[s]["oracle_auc"] for s in ("valid", "test")}
-    summary["history_length"] = {
-        "min": int(lengths.min()),
-        "median": float(np.median(lengths)),
-        "mean": float(lengths.mean()),
-        "max": int(lengths.max()),
-    }
+    summary["history_length"] = _length_stats(np.concatenate(all_lengths))
     summary["paths"] = paths
     if images:
         summary.update(write_images(world, out, seed))
@@ -830,6 +790,81 @@ def generate(
         log(f"removed the images of an earlier run ({out / 'item_images'}, manifest)")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _write_oracle(tables: list[pa.Table], path: str) -> None:
+    """``oracle.parquet``: every row's true click probability, the splits one after another."""
+    atomic_write_parquet(
+        pa.concat_tables(tables),
+        path,
+        compression="zstd",
+        use_dictionary=["split"],
+        column_encoding={"row": "DELTA_BINARY_PACKED", "p_true": "BYTE_STREAM_SPLIT"},
+        row_group_size=ROW_GROUP_ROWS,
+    )
+
+
+def _length_stats(lengths: np.ndarray) -> dict[str, Any]:
+    return {
+        "min": int(lengths.min()),
+        "median": float(np.median(lengths)),
+        "mean": float(lengths.mean()),
+        "max": int(lengths.max()),
+    }
+
+
+def _write_split(
+    world: Any,
+    split: str,
+    split_idx: int,
+    n: int,
+    seed: int,
+    samplers: tuple[Any, Any],
+    train_targets: np.ndarray,
+    paths: dict[str, str],
+    all_lengths: list[np.ndarray],
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Generate and write one split chunk by chunk (train marks its targets in
+    ``train_targets`` and keeps its history lengths): (its oracle rows, its statistics)."""
+    warm, cold = samplers
+    batches, p_all, y_all, cold_rows = [], [], [], 0
+    for chunk_idx, lo in enumerate(range(0, n, CHUNK_ROWS)):
+        m = min(CHUNK_ROWS, n - lo)
+        rng = _rng(seed, 3, split_idx, chunk_idx)
+        rows = _gen_rows(world, m, rng, warm, cold)
+        p = _sigmoid(rows.logit0 + world.b0)
+        y = (rng.random(m) < p).astype(np.int64)
+        if split == "train":
+            train_targets[rows.item_id] = True
+        else:
+            cold_rows += int((~train_targets[rows.item_id]).sum())
+        if split == "train":
+            all_lengths.append(rows.lengths)
+        batches.append(_split_batch(rows, y))
+        p_all.append(p)
+        y_all.append(y)
+        del rows
+    table = pa.Table.from_batches(batches, schema=SPLIT_SCHEMA)
+    del batches
+    atomic_write_parquet(table, paths[split], **PARQUET_OPTIONS)
+    del table
+    p_cat, y_cat = np.concatenate(p_all), np.concatenate(y_all)
+    oracle = pa.table(
+        {
+            "split": pa.array(np.full(n, split, dtype=object), type=pa.string()),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "p_true": pa.array(p_cat),
+        },
+        schema=ORACLE_SCHEMA,
+    )
+    stats: dict[str, Any] = {
+        "rows": n,
+        "positive_rate": float(y_cat.mean()),
+        "oracle_auc": _auc(y_cat, p_cat),
+    }
+    if split != "train":
+        stats["cold_target_share"] = cold_rows / n
+    return oracle, stats
 
 
 def id_levels_baseline_auc(

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmctr.device import resolve_device
 from mmctr.embedding.images import EmbeddingError
-from mmctr.utils import resolve_device
+from mmctr.runtime import flush_denormals
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 AMP_CHOICES = ("none", "bf16", "fp16")
@@ -443,6 +444,7 @@ def build_random_clip(
 ) -> Path:
     """Save a random CLIP (:func:`random_clip`) and its processor to ``out_dir`` with
     ``save_pretrained``; the folder loads like a downloaded checkpoint."""
+    flush_denormals()  # an entry point (make_tiny_clip.py, the demo): as train() does
     out_dir = Path(out_dir)
     model, processor = random_clip(arch, seed, projection_dim)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmctr.atomic import atomic_open
 from mmctr.embedding.images import EmbeddingError
-from mmctr.utils import atomic_open
 
 
 @dataclass

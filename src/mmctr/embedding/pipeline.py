@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import datetime
 import hashlib
+import logging
 import os
 import re
 import time
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmctr.atomic import atomic_open, atomic_write_bytes, atomic_write_parquet
 from mmctr.embedding.encoder import (
     DEFAULT_MODEL,
     ImageFeatureExtractor,
@@ -76,7 +78,8 @@ from mmctr.embedding.images import (
     split_processor,
 )
 from mmctr.embedding.pca import PCAProjection, fit_pca, load_pca, project, save_pca
-from mmctr.utils import atomic_open, atomic_write_bytes, atomic_write_parquet, get_logger
+from mmctr.log import get_logger
+from mmctr.runtime import flush_denormals
 
 DEFAULT_COLUMN = "item_emb_d128"
 CACHE_FORMAT = 1
@@ -519,6 +522,67 @@ class _EncodeResult:
     seconds: float = 0.0
 
 
+def _encoding_plan(
+    shards: list[_Shard], model_key: str, ids: np.ndarray, force: bool
+) -> tuple[list[tuple[dict[int, int], Any]], list[list[int]]]:
+    """Per shard: (the items its old cache file still holds, that file), and the rows to
+    encode (all of them with ``force``)."""
+    plans = [_reusable_items(s, model_key, ids) if not force else ({}, None) for s in shards]
+    todo_rows = [
+        [r for r in range(s.start, s.stop) if r not in reuse]
+        for s, (reuse, _) in zip(shards, plans)
+    ]
+    return plans, todo_rows
+
+
+def _image_pipeline(
+    model: _Model,
+    item_ids: np.ndarray,
+    paths: list[str | None],
+    devices: list[torch.device],
+    amp_dtype: torch.dtype | None,
+    batch_size: int,
+    num_workers: int,
+    log: Any,
+) -> tuple[Any, int, Any]:
+    """(the model on the devices, its feature width, the decode loader of ``paths``); the
+    workers ship uint8 pixels when :func:`split_processor` allows it."""
+    spec = model.spec
+    pixel_norm, how = split_processor(spec.processor)
+    log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
+    extractor = ImageFeatureExtractor(model.get(), amp_dtype, pixel_norm)
+    runner = make_parallel(extractor, devices)
+    raw_dim = spec.raw_dim or _probe_raw_dim(runner, spec.processor)
+    dataset = ItemImageDataset(item_ids, paths, spec.processor, uint8=pixel_norm is not None)
+    loader = make_loader(dataset, batch_size, num_workers, pin_memory=devices[0].type == "cuda")
+    return runner, raw_dim, loader
+
+
+def _shard_arrays(
+    s: _Shard,
+    local: np.ndarray,
+    encoded: tuple[np.ndarray, np.ndarray, list[str]],
+    reuse: dict[int, int],
+    old: dict[str, Any] | None,
+    raw_dim: int,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One shard's features, status and errors: its encoded rows (at ``local`` positions)
+    and the rows reused from its old cache file."""
+    size = s.stop - s.start
+    feats = np.zeros((size, raw_dim), dtype=np.float32)
+    st = np.zeros(size, dtype=np.int8)
+    errs = [""] * size
+    feats[local], st[local] = encoded[0], encoded[1]
+    for j, e in zip(local, encoded[2]):
+        errs[j] = e
+    for row, k in reuse.items():
+        assert old is not None
+        feats[row - s.start] = old["features"][k]
+        st[row - s.start] = old["status"][k]
+        errs[row - s.start] = str(old["errors"][k])
+    return feats, st, errs
+
+
 def _encode(
     shards: list[_Shard],
     ids: np.ndarray,
@@ -540,29 +604,25 @@ def _encode(
     from mmctr.progress import Progress
 
     spec = model.spec
-    plans = [_reusable_items(s, model_key, ids) if not force else ({}, None) for s in shards]
-    todo_rows = [
-        [r for r in range(s.start, s.stop) if r not in reuse]
-        for s, (reuse, _) in zip(shards, plans)
-    ]
+    plans, todo_rows = _encoding_plan(shards, model_key, ids, force)
     rows = np.array([r for rs in todo_rows for r in rs], dtype=np.int64)
     ends = np.cumsum([len(rs) for rs in todo_rows])
     n_reused = sum(len(reuse) for reuse, _ in plans)
 
-    runner = None
+    runner, loader = None, []
     if len(rows):
-        pixel_norm, how = split_processor(spec.processor)
-        log.info("preprocessing: %s", how if pixel_norm is not None else f"whole processor ({how})")
-        extractor = ImageFeatureExtractor(model.get(), amp_dtype, pixel_norm)
-        runner = make_parallel(extractor, devices)
-        raw_dim = spec.raw_dim or _probe_raw_dim(runner, spec.processor)
-        dataset = ItemImageDataset(
-            ids[rows], [paths[r] for r in rows], spec.processor, uint8=pixel_norm is not None
+        runner, raw_dim, loader = _image_pipeline(
+            model,
+            ids[rows],
+            [paths[r] for r in rows],
+            devices,
+            amp_dtype,
+            batch_size,
+            num_workers,
+            log,
         )
-        loader = make_loader(dataset, batch_size, num_workers, pin_memory=devices[0].type == "cuda")
     else:
         raw_dim = next(old["features"].shape[1] for _, old in plans if old is not None)
-        loader = []
     log.info(
         "encoding %d items (%d shard(s); %d unchanged item(s) of them from the cache) with "
         "%s on %s, batch %d, %d decode worker(s)",
@@ -587,19 +647,9 @@ def _encode(
             reuse, old = plans[done_shards]
             lo = int(ends[done_shards - 1]) if done_shards else 0
             local = np.array(todo_rows[done_shards], dtype=np.int64) - s.start
-            size = s.stop - s.start
-            feats = np.zeros((size, raw_dim), dtype=np.float32)
-            st = np.zeros(size, dtype=np.int8)
-            errs = [""] * size
-            feats[local] = features[lo : lo + len(local)]
-            st[local] = status[lo : lo + len(local)]
-            for j, e in zip(local, errors[lo : lo + len(local)]):
-                errs[j] = e
-            for row, k in reuse.items():
-                assert old is not None
-                feats[row - s.start] = old["features"][k]
-                st[row - s.start] = old["status"][k]
-                errs[row - s.start] = str(old["errors"][k])
+            hi = lo + len(local)
+            encoded = (features[lo:hi], status[lo:hi], errors[lo:hi])
+            feats, st, errs = _shard_arrays(s, local, encoded, reuse, old, raw_dim)
             _write_shard(s, model_key, ids[s.start : s.stop], feats, st, errs)
             done_shards += 1
 
@@ -725,23 +775,12 @@ def generate_embeddings(
         EmbeddingError: bad paths, item ids, column, cache folder, model, options or
             ``pca``, or too few decodable images for the PCA.
     """
+    flush_denormals()  # before torch's thread pool starts (see runtime.py)
     log = get_logger("mmctr.embedding")
-    if dim is not None and int(dim) < 1:
-        raise EmbeddingError(f"--dim must be >= 1, got {dim}")
-    if int(batch_size) < 1:
-        raise EmbeddingError(f"--batch-size must be >= 1, got {batch_size}")
-    if int(shard_size) < 1:
-        raise EmbeddingError(f"--shard-size must be >= 1, got {shard_size}")
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
-    if num_workers < 0:
-        raise EmbeddingError(f"--num-workers must be >= 0, got {num_workers}")
-
+    num_workers = _check_options(dim, batch_size, shard_size, num_workers)
     item_info = Path(item_info)
     out = Path(out) if out is not None else item_info
     _check_out(out)
-    status_path, pca_path = output_paths(out)
-
     dist_ctx = _torchrun_env()
     devices = _rank_devices(gpu, dist_ctx)
     amp_dtype = resolve_amp(amp, devices[0])
@@ -749,8 +788,6 @@ def generate_embeddings(
     _check_column(table, column, item_info)
     refs = index_image_dir(image_dir)
     ref_list = [None if i == 0 else refs.get(int(i)) for i in ids]
-    paths = [None if r is None else r.path for r in ref_list]
-
     spec = describe_model(model)
     model_key = _cache_key(spec, amp_dtype)
     cache = (
@@ -761,6 +798,38 @@ def generate_embeddings(
     image_model = _Model(spec)
     given_pca = _load_pca_for(Path(pca), image_model, dim) if pca is not None else None
     _prepare_cache(cache, given=cache_dir is not None)  # after the checks: a refusal makes nothing
+    dim = _pca_dim(dim, given_pca, spec)
+    job = _Job(ids, ref_list, cache, image_model, model_key, devices, amp_dtype, dist_ctx)
+    shards, own, per_rank = _encode_shards(
+        job, shard_size, batch_size, num_workers, force, progress, log
+    )
+    common = _run_summary(job, shards, own, per_rank)
+    if dist_ctx.rank != 0:
+        return {**common, "role": "worker", "out": None}
+    return _write_embeddings(
+        job, shards, table, out, column, dim, seed, pca, given_pca, image_dir, common, log
+    )
+
+
+def _check_options(
+    dim: int | None, batch_size: int, shard_size: int, num_workers: int | None
+) -> int:
+    """The options checked before anything is read; the number of decode workers."""
+    if dim is not None and int(dim) < 1:
+        raise EmbeddingError(f"--dim must be >= 1, got {dim}")
+    if int(batch_size) < 1:
+        raise EmbeddingError(f"--batch-size must be >= 1, got {batch_size}")
+    if int(shard_size) < 1:
+        raise EmbeddingError(f"--shard-size must be >= 1, got {shard_size}")
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    if num_workers < 0:
+        raise EmbeddingError(f"--num-workers must be >= 0, got {num_workers}")
+    return num_workers
+
+
+def _pca_dim(dim: int | None, given_pca: PCAProjection | None, spec: ModelSpec) -> int:
+    """The output width: ``--dim``, else the given PCA's, else 128; never above the model's."""
     if dim is None:
         dim = given_pca.dim if given_pca is not None else 128
     if spec.raw_dim is not None and dim > spec.raw_dim:  # fail before hours of encoding
@@ -768,9 +837,38 @@ def generate_embeddings(
             f"--dim {dim} is larger than the model's feature width {spec.raw_dim}; PCA can "
             f"only reduce (use --dim {spec.raw_dim} or less)"
         )
+    return dim
 
+
+@dataclass
+class _Job:
+    """What every stage of one :func:`generate_embeddings` run reads."""
+
+    ids: np.ndarray
+    refs: list[Any]
+    cache: Path
+    image_model: Any
+    model_key: str
+    devices: list[torch.device]
+    amp_dtype: Any
+    dist_ctx: Any
+
+
+def _encode_shards(
+    job: _Job,
+    shard_size: int,
+    batch_size: int,
+    num_workers: int,
+    force: bool,
+    progress: bool,
+    log: logging.Logger,
+) -> tuple[list[_Shard], dict[str, Any], list[dict[str, Any]]]:
+    """Encode this rank's shards that are missing or stale: (every shard, this rank's
+    counts, every rank's counts)."""
+    ids, dist_ctx, devices = job.ids, job.dist_ctx, job.devices
     n = len(ids)
-    item_fps = [item_fingerprint(r) for r in ref_list]
+    paths = [None if r is None else r.path for r in job.refs]
+    item_fps = [item_fingerprint(r) for r in job.refs]
     if dist_ctx.active:
         _init_distributed(dist_ctx, devices[0])
     result = _EncodeResult()
@@ -782,15 +880,15 @@ def generate_embeddings(
             hi = min(lo + shard_size, n)
             fps = item_fps[lo:hi]
             fp = shard_fingerprint(ids[lo:hi], fps)
-            shards.append(_Shard(k, lo, hi, fp, cache / f"shard_{k:05d}.npz", fps))
+            shards.append(_Shard(k, lo, hi, fp, job.cache / f"shard_{k:05d}.npz", fps))
         mine = [s for s in shards if s.index % dist_ctx.world_size == dist_ctx.rank]
-        todo = [s for s in mine if force or _shard_problem(s, model_key) is not None]
+        todo = [s for s in mine if force or _shard_problem(s, job.model_key) is not None]
         log.info(
             "%d items, %d shard(s) of %d; cache %s; %d shard(s) to encode%s",
             n,
             len(shards),
             shard_size,
-            cache,
+            job.cache,
             len(todo),
             f" on rank {dist_ctx.rank}/{dist_ctx.world_size}" if dist_ctx.active else "",
         )
@@ -799,17 +897,17 @@ def generate_embeddings(
                 todo,
                 ids,
                 paths,
-                image_model,
-                model_key,
+                job.image_model,
+                job.model_key,
                 devices,
-                amp_dtype,
+                job.amp_dtype,
                 batch_size,
                 num_workers,
                 progress and dist_ctx.rank == 0,
                 force,
                 log,
             )
-            image_model.release()
+            job.image_model.release()
         own = {
             "rank": dist_ctx.rank,
             "devices": [str(d) for d in devices],
@@ -829,16 +927,24 @@ def generate_embeddings(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    # rank 0 reports the run (every rank's shards and images); the others their own share
+    return shards, own, per_rank
+
+
+def _run_summary(
+    job: _Job, shards: list[_Shard], own: dict[str, Any], per_rank: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The summary keys of every rank: rank 0 reports the run (every rank's shards and
+    images), the others their own share."""
+    dist_ctx, amp_dtype = job.dist_ctx, job.amp_dtype
     report = per_rank if dist_ctx.rank == 0 else [own]
     images = sum(r["images_encoded"] for r in report)
     seconds = max(r["encode_seconds"] for r in report)  # the ranks run side by side
-    common = {
+    return {
         "rank": dist_ctx.rank,
         "world_size": dist_ctx.world_size,
-        "devices": [str(d) for d in devices],
+        "devices": [str(d) for d in job.devices],
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "none",
-        "cache_dir": str(cache),
+        "cache_dir": str(job.cache),
         "shards_total": len(shards),
         "shards_computed": sorted(k for r in report for k in r["shards_computed"]),
         "shards_reused": sorted(k for r in report for k in r["shards_reused"]),
@@ -848,19 +954,35 @@ def generate_embeddings(
         "images_per_s": images / seconds if seconds > 0 else 0.0,
         "per_rank": per_rank if dist_ctx.rank == 0 else [own],
     }
-    if dist_ctx.rank != 0:
-        return {**common, "role": "worker", "out": None}
 
-    # ---- rank 0: merge the shards, PCA, write
-    parts = [_read_shard(s, model_key, ids) for s in shards]
+
+def _write_embeddings(
+    job: _Job,
+    shards: list[_Shard],
+    table: Any,
+    out: Path,
+    column: str,
+    dim: int,
+    seed: int,
+    pca: str | os.PathLike | None,
+    given_pca: PCAProjection | None,
+    image_dir: str | os.PathLike,
+    common: dict[str, Any],
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Rank 0: merge the shards, fit (or apply) the PCA, write the PCA, the status table and
+    then the parquet (which commits the run); the summary."""
+    ids, spec = job.ids, job.image_model.spec
+    status_path, pca_path = output_paths(out)
+    parts = [_read_shard(s, job.model_key, ids) for s in shards]
     raw = np.concatenate([p["features"] for p in parts])
     status = np.concatenate([p["status"] for p in parts]).astype(np.int64)
     errors = np.concatenate([p["errors"].astype(object) for p in parts])
     status[ids == 0] = PADDING
     ok = status == OK
-
     if given_pca is None:
-        pca_used = fit_pca(raw[ok], dim, seed, model=spec.name, model_digest=image_model.digest())
+        digest = job.image_model.digest()
+        pca_used = fit_pca(raw[ok], dim, seed, model=spec.name, model_digest=digest)
     elif raw.shape[1] != given_pca.raw_dim:  # the model did not say its width up front
         raise EmbeddingError(
             f"--pca {pca} projects {given_pca.raw_dim}-d features, but --model {spec.name} "
@@ -868,44 +990,20 @@ def generate_embeddings(
         )
     else:
         pca_used = given_pca
-    vectors = np.zeros((n, dim), dtype=np.float32)
+    vectors = np.zeros((len(ids), dim), dtype=np.float32)
     vectors[ok] = project(raw[ok], pca_used)
     warning = _check_vectors(vectors, ids, out, column)
     if warning:
         log.warning("%s", warning)
-
-    import pyarrow as pa
-
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    values = pa.FixedSizeListArray.from_arrays(flat, dim).cast(pa.list_(pa.float32()))
-    field = pa.field(column, pa.list_(pa.float32()))
-    if column in table.column_names:
-        new_table = table.set_column(table.column_names.index(column), field, values)
-    else:
-        new_table = table.append_column(field, values)
-
+    new_table = _with_column(table, column, vectors)
     # The parquet is written last: it commits the run. Killed before it, the old vectors stay,
     # and the PCA that made them is still on disk (as .prev when this run's PCA differs).
     previous_pca = _save_pca_keeping_previous(pca_used, pca_path, log)
     _status_table(ids, status, errors, status_path)
     atomic_write_parquet(new_table, out)
-
     counts = {name: int(np.sum(status == code)) for code, name in enumerate(STATUS_NAMES)}
     log.info("status: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    planted = _planted_faults(Path(image_dir))
-    bad = {int(i) for i in ids[(status == CORRUPT) | (status == MISSING)]}
-    for i in np.flatnonzero(status == CORRUPT)[:5]:
-        why = planted.get(int(ids[i]))
-        note = f" (expected: planted by the demo generator as {why})" if why else ""
-        log.info("corrupt item %d: %s%s", int(ids[i]), errors[i], note)
-    if planted:
-        log.info(
-            "%d of the %d missing/corrupt items are listed in %s_manifest.csv as planted by "
-            "the demo generator (expected faults)",
-            len(bad & set(planted)),
-            len(bad),
-            Path(image_dir).name,
-        )
+    planted, bad = _log_faults(ids, status, errors, Path(image_dir), log)
     log.info(
         "PCA %d -> %d %s keeps %.1f%% of the variance (of the items it was fit on)",
         pca_used.raw_dim,
@@ -925,7 +1023,7 @@ def generate_embeddings(
         "column": column,
         "dim": dim,
         "raw_dim": pca_used.raw_dim,
-        "n_items": n,
+        "n_items": len(ids),
         "counts": counts,
         # missing/corrupt items the demo generator planted on purpose (its manifest), if any
         "planted_faults": len(bad & set(planted)) if planted else None,
@@ -933,6 +1031,40 @@ def generate_embeddings(
         "contract_check": "passed",
         "warnings": [warning] if warning else [],
     }
+
+
+def _with_column(table: Any, column: str, vectors: np.ndarray) -> Any:
+    """``table`` with ``column`` (list<float32>) replaced by, or appended as, ``vectors``."""
+    import pyarrow as pa
+
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    values = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32()))
+    field = pa.field(column, pa.list_(pa.float32()))
+    if column in table.column_names:
+        return table.set_column(table.column_names.index(column), field, values)
+    return table.append_column(field, values)
+
+
+def _log_faults(
+    ids: np.ndarray, status: np.ndarray, errors: np.ndarray, image_dir: Path, log: logging.Logger
+) -> tuple[dict[int, str], set[int]]:
+    """Log the first corrupt items and how many faults the demo generator planted:
+    (planted faults by item id, the missing or corrupt item ids)."""
+    planted = _planted_faults(image_dir)
+    bad = {int(i) for i in ids[(status == CORRUPT) | (status == MISSING)]}
+    for i in np.flatnonzero(status == CORRUPT)[:5]:
+        why = planted.get(int(ids[i]))
+        note = f" (expected: planted by the demo generator as {why})" if why else ""
+        log.info("corrupt item %d: %s%s", int(ids[i]), errors[i], note)
+    if planted:
+        log.info(
+            "%d of the %d missing/corrupt items are listed in %s_manifest.csv as planted by "
+            "the demo generator (expected faults)",
+            len(bad & set(planted)),
+            len(bad),
+            image_dir.name,
+        )
+    return planted, bad
 
 
 def summary_lines(s: dict[str, Any]) -> list[str]:

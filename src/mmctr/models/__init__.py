@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmctr.config.loader import ConfigError
+from mmctr.config.errors import ConfigError
 from mmctr.config.schema import DatasetConfig, ModelBase, embedding_init_std
 from mmctr.data.dataset import ItemTable
 from mmctr.models.base import CTRModel

@@ -17,12 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from mmctr.atomic import atomic_open
 from mmctr.data.batching import BatchLoader
 from mmctr.data.dataset import read_split
+from mmctr.device import resolve_device
+from mmctr.runtime import flush_denormals, keep_freed_memory
+from mmctr.threads import configure_threads
 from mmctr.training import checkpoint as ckpt_io
 from mmctr.training.metrics import auc
-from mmctr.training.trainer import predict_probs, run_dir_of, use_bf16
-from mmctr.utils import atomic_open, keep_freed_memory, resolve_device
+from mmctr.training.scoring import predict_probs, run_dir_of, use_bf16
 
 SUBMISSION_COLUMNS = ("Task1", "Task2", "Task1&2")
 
@@ -120,41 +123,19 @@ def predict_submission(
     ``bf16`` from the config as loaded now, overrides included, when ``config_dir`` is given:
     so a moved data root or ``--override test_data=...`` is honoured. Returns a summary dict.
     """
+    flush_denormals()  # before torch's thread pool starts (see runtime.py)
     if column not in SUBMISSION_COLUMNS:
         raise SubmissionError(f"--column must be one of {list(SUBMISSION_COLUMNS)}, got {column!r}")
-    current, notices = None, []
-    if config_dir is not None:
-        from mmctr.config import ConfigError, load_config
-
-        try:
-            current = load_config(
-                config_dir, expid, overrides=overrides, allow_hash_mismatch=allow_hash_mismatch
-            )
-        except ConfigError:
-            # Only a config folder that is not there at all falls back to the checkpoint's own
-            # config: a typo in --expid, an --override or a hash mismatch must not be dropped.
-            if checkpoint is None or Path(config_dir).exists() or overrides:
-                raise
-            notices.append(
-                f"config folder {str(config_dir)!r} does not exist; scoring with the "
-                "checkpoint's own config"
-            )
+    current, notices = _current_config(
+        config_dir, expid, overrides, allow_hash_mismatch, fallback=checkpoint is not None
+    )
     if checkpoint is None:
-        if current is None:
-            raise SubmissionError("give a config folder, or the checkpoint to use")
-        checkpoint = run_dir_of(current) / "model.pt"
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(
-                f"no trained model for expid {expid!r}: {checkpoint} does not exist "
-                f"(train it first: python run_expid.py --config {config_dir} --expid {expid})"
-            )
+        checkpoint = _trained_model(current, config_dir, expid)
     _output_paths(out_dir, expid)  # a bad --out fails now, not after the scoring
     keep_freed_memory()  # as in training: big activation blocks are reused, not re-faulted
     device = resolve_device(gpu)
     threads_line = None
     if device.type == "cpu":  # --threads, else the config's num_threads, else the default
-        from mmctr.threads import configure_threads
-
         num = threads or (current.trainer.num_threads if current is not None else None)
         threads_line = configure_threads(num)[1]
     model, cfg, ckpt = ckpt_io.load_model(checkpoint, device)
@@ -173,23 +154,14 @@ def predict_submission(
             "no test file: the config has no test_data and --test-data was not given"
         )
     t0 = time.perf_counter()
+    n_items = int(ckpt["item_tables"]["n_items"])
     split = read_split(
-        test_path,
-        ds,
-        n_items=int(ckpt["item_tables"]["n_items"]),
-        max_len=cfg.trainer.max_len,
-        require_label=False,
+        test_path, ds, n_items=n_items, max_len=cfg.trainer.max_len, require_label=False
     )
     if split.n_rows == 0:
         raise SubmissionError(f"test file {test_path} has no rows: nothing to submit")
     bf16 = use_bf16(run.trainer.bf16, device)
-    loader = BatchLoader(
-        split,
-        batch_size or max(cfg.trainer.batch_size, 4096),
-        device=device,
-        min_seq_len=int(getattr(cfg.model, "first_k_cols", 1) or 1),
-    )
-    probs = predict_probs(model, loader, bf16=bf16, progress=progress, desc="scoring test")
+    probs = _score(model, cfg, split, device, batch_size, bf16=bf16, progress=progress)
     seconds = time.perf_counter() - t0
     csv_path, zip_path = write_submission(probs, out_dir, cfg.expid, column, n_rows=split.n_rows)
     summary: dict[str, Any] = {
@@ -206,3 +178,59 @@ def predict_submission(
     if split.labels is not None and len(np.unique(split.labels)) == 2:
         summary["test_AUC"] = auc(split.labels, probs)
     return summary
+
+
+def _current_config(
+    config_dir: str | Path | None,
+    expid: str,
+    overrides: list[str] | None,
+    allow_hash_mismatch: bool,
+    *,
+    fallback: bool,
+) -> tuple[Any, list[str]]:
+    """(the config as loaded now or None, notices). With ``fallback`` (a --checkpoint was
+    given), a config folder that does not exist at all is a notice: the checkpoint's own
+    config is used."""
+    if config_dir is None:
+        return None, []
+    from mmctr.config import ConfigError, load_config
+
+    try:
+        current = load_config(
+            config_dir, expid, overrides=overrides, allow_hash_mismatch=allow_hash_mismatch
+        )
+    except ConfigError:
+        # Only a config folder that is not there at all falls back to the checkpoint's own
+        # config: a typo in --expid, an --override or a hash mismatch must not be dropped.
+        if not fallback or Path(config_dir).exists() or overrides:
+            raise
+        notice = (
+            f"config folder {str(config_dir)!r} does not exist; scoring with the "
+            "checkpoint's own config"
+        )
+        return None, [notice]
+    return current, []
+
+
+def _trained_model(current: Any, config_dir: str | Path | None, expid: str) -> Path:
+    """The run folder's ``model.pt`` of the config as loaded now."""
+    if current is None:
+        raise SubmissionError("give a config folder, or the checkpoint to use")
+    checkpoint = run_dir_of(current) / "model.pt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"no trained model for expid {expid!r}: {checkpoint} does not exist "
+            f"(train it first: python run_expid.py --config {config_dir} --expid {expid})"
+        )
+    return checkpoint
+
+
+def _score(model, cfg, split, device, batch_size: int | None, *, bf16: bool, progress: bool):
+    """Click probabilities of the test split in file order, batches as the trainer evaluates."""
+    loader = BatchLoader(
+        split,
+        batch_size or max(cfg.trainer.batch_size, 4096),
+        device=device,
+        min_seq_len=int(getattr(cfg.model, "first_k_cols", 1) or 1),
+    )
+    return predict_probs(model, loader, bf16=bf16, progress=progress, desc="scoring test")

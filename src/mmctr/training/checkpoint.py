@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from mmctr import __version__
+from mmctr.atomic import atomic_torch_save
 from mmctr.data.dataset import ItemTable
-from mmctr.utils import atomic_torch_save
 
 
 def item_table_shapes(items: ItemTable) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mmctr.utils import resolve_device
+from mmctr.device import resolve_device
 
 
 @dataclass

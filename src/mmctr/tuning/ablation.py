@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from mmctr.atomic import atomic_write_parquet, atomic_write_text
+from mmctr.columns import HISTORY_COL
 from mmctr.config import ExperimentConfig, load_config
-from mmctr.data.dataset import HISTORY_COL
-from mmctr.utils import atomic_write_parquet, atomic_write_text
 
 
 def _inactive(kind: Callable[[dict], bool]) -> Callable[[ExperimentConfig], list[str]]:

@@ -64,6 +64,7 @@ from typing import IO, Any
 
 import yaml
 
+from mmctr.atomic import atomic_write_text
 from mmctr.config import (
     HASH_OK,
     ConfigError,
@@ -78,9 +79,9 @@ from mmctr.config import (
     parse_tuner_id,
 )
 from mmctr.config import loader as config_loader
+from mmctr.device import check_gpu_exists
 from mmctr.progress import Progress
 from mmctr.threads import default_num_threads
-from mmctr.utils import atomic_write_text, check_gpu_exists
 
 TUNER_KEYS = ("base_config", "base_expid", "dataset_id", "dataset_config", "tuner_space")
 METRIC_COLUMNS = ("valid_AUC", "valid_logloss", "valid_gAUC")
@@ -140,19 +141,7 @@ class _Running:
 def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
     """Read a FuxiCTR tuner file and its base experiment (no file is written)."""
     path = Path(tuner_file)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"tuner file {str(path)!r} {what} (--config FILE.yaml)")
-    doc = load_yaml(path)
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: a tuner file is a mapping with base_expid and tuner_space")
-    unknown = [k for k in doc if k not in TUNER_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; a tuner file "
-            f"has {', '.join(TUNER_KEYS)} (an inline model_config is not supported: put the "
-            "base experiment in a config folder and name it in base_config)"
-        )
+    doc = _tuner_doc(path)
     base_expid = doc.get("base_expid")
     if not isinstance(base_expid, str) or not base_expid:
         raise ConfigError(f"{path}: base_expid must name an expid block of the base config")
@@ -180,6 +169,49 @@ def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
         )
     dataset_params = _dataset_block(path, doc.get("dataset_config"), base_config, dataset_id)
 
+    axes, dataset_keys = _split_space(path, doc, space, model_params, dataset_params)
+    model_params["dataset_id"] = dataset_id
+    return TunerSpec(
+        path=path,
+        name=path.stem,
+        config_dir=path.parent / path.stem,
+        base_config=base_config,
+        base_expid=base_expid,
+        dataset_id=dataset_id,
+        model_params=model_params,
+        dataset_params=dataset_params,
+        axes=axes,
+        dataset_keys=frozenset(dataset_keys),
+    )
+
+
+def _tuner_doc(path: Path) -> dict[str, Any]:
+    """The tuner file's mapping, its top-level keys checked."""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"tuner file {str(path)!r} {what} (--config FILE.yaml)")
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a tuner file is a mapping with base_expid and tuner_space")
+    unknown = [k for k in doc if k not in TUNER_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; a tuner file "
+            f"has {', '.join(TUNER_KEYS)} (an inline model_config is not supported: put the "
+            "base experiment in a config folder and name it in base_config)"
+        )
+    return doc
+
+
+def _split_space(
+    path: Path,
+    doc: dict[str, Any],
+    space: dict[str, Any],
+    model_params: dict[str, Any],
+    dataset_params: dict[str, Any],
+) -> tuple[dict[str, list[Any]], set[str]]:
+    """The grid axes (lists in tuner_space, and in an inline dataset_config) and which of
+    them are dataset keys; single values go into the model or dataset params (in place)."""
     axes: dict[str, list[Any]] = {}
     dataset_keys: set[str] = set()
     for key, value in space.items():
@@ -208,19 +240,7 @@ def read_tuner(tuner_file: str | os.PathLike) -> TunerSpec:
         model_params.pop(key, None)
         if key in dataset_keys:
             dataset_params.pop(key, None)
-    model_params["dataset_id"] = dataset_id
-    return TunerSpec(
-        path=path,
-        name=path.stem,
-        config_dir=path.parent / path.stem,
-        base_config=base_config,
-        base_expid=base_expid,
-        dataset_id=dataset_id,
-        model_params=model_params,
-        dataset_params=dataset_params,
-        axes=axes,
-        dataset_keys=frozenset(dataset_keys),
-    )
+    return axes, dataset_keys
 
 
 def plan_grid(spec: TunerSpec) -> list[Experiment]:
@@ -367,6 +387,36 @@ def run_tuner(
     previous = _read_previous_csv(csv_path)
     columns = ["expid", *spec.axes, *METRIC_COLUMNS, "status", "seconds"]
 
+    rows, todo = _plan_rows(experiments, spec, log_dir, previous, rerun, echo)
+    n_done = len(rows) - len(todo)
+    echo(
+        f"{len(rows)} experiment(s): {len(todo)} to run, {n_done} already finished"
+        + (" (--rerun: running all)" if rerun else "")
+    )
+    if dry_run:
+        _dry_run(experiments, rows, config_dir, echo)
+        return rows
+
+    slots = [g for _ in range(per_device) for g in gpus]
+    env = _child_env(slots)
+    write_csv = _csv_writer(csv_path, columns, rows)
+    write_csv()
+    _run_all(todo, rows, slots, script, config_dir, rerun, env, spec.n_points, echo, write_csv)
+
+    _report(rows, spec, first_cfg.trainer, config_dir, gpus[0], csv_path, log_dir, echo)
+    return rows
+
+
+def _plan_rows(
+    experiments: list[Experiment],
+    spec: TunerSpec,
+    log_dir: Path,
+    previous: dict[str, Any],
+    rerun: bool,
+    echo: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], list[tuple[Experiment, dict[str, Any]]]]:
+    """One row per experiment, in grid order (finished ones filled in, also when the same
+    experiment finished under another grid number), and the experiments to run."""
     rows: list[dict[str, Any]] = []
     todo: list[tuple[Experiment, dict[str, Any]]] = []
     for exp in experiments:
@@ -400,27 +450,41 @@ def run_tuner(
             todo.append((exp, row))
         rows.append(row)
 
-    n_done = len(rows) - len(todo)
-    echo(
-        f"{len(rows)} experiment(s): {len(todo)} to run, {n_done} already finished"
-        + (" (--rerun: running all)" if rerun else "")
-    )
-    if dry_run:
-        for exp, row in zip(experiments, rows):
-            what = "skip (finished)" if row["status"] == FINISHED else "run"
-            if row["resumed"]:
-                what = "resume"
-            echo(f"  {exp.expid}  {what:15s}  {_shown(exp.tuned)}")
-        for row in rows:
-            if row["status"] == PENDING:
-                row["status"] = SKIPPED
-        echo(f"dry run: configs written to {config_dir}; nothing was run")
-        return rows
+    return rows, todo
 
-    slots = [g for _ in range(per_device) for g in gpus]
-    env = _child_env(slots)
-    write_csv = _csv_writer(csv_path, columns, rows)
-    write_csv()
+
+def _dry_run(
+    experiments: list[Experiment],
+    rows: list[dict[str, Any]],
+    config_dir: Path,
+    echo: Callable[[str], None],
+) -> None:
+    """What a run would do, per experiment; every row not finished becomes skipped."""
+    for exp, row in zip(experiments, rows):
+        what = "skip (finished)" if row["status"] == FINISHED else "run"
+        if row["resumed"]:
+            what = "resume"
+        echo(f"  {exp.expid}  {what:15s}  {_shown(exp.tuned)}")
+    for row in rows:
+        if row["status"] == PENDING:
+            row["status"] = SKIPPED
+    echo(f"dry run: configs written to {config_dir}; nothing was run")
+
+
+def _run_all(
+    todo: list[tuple[Experiment, dict[str, Any]]],
+    rows: list[dict[str, Any]],
+    slots: list[int],
+    script: Path,
+    config_dir: Path,
+    rerun: bool,
+    env: dict[str, str],
+    n_points: int,
+    echo: Callable[[str], None],
+    write_csv: Callable[[], None],
+) -> None:
+    """Run ``todo`` on the slots (one experiment per slot at a time), the CSV rewritten after
+    each; interrupted, what still runs is stopped and the CSV stays valid."""
     queue = deque(todo)
     running: dict[int, _Running] = {}
     restore = _sigterm_as_interrupt()
@@ -432,11 +496,11 @@ def run_tuner(
                 if slot not in running and queue:
                     exp, row = queue.popleft()
                     running[slot] = _launch(
-                        exp, row, gpu, script, config_dir, rerun, env, spec.n_points, echo
+                        exp, row, gpu, script, config_dir, rerun, env, n_points, echo
                     )
             done = [slot for slot, r in running.items() if r.proc.poll() is not None]
             for slot in done:
-                _finish(running.pop(slot), spec.n_points, echo)
+                _finish(running.pop(slot), n_points, echo)
                 write_csv()
                 progress.update(1)
             if not done:
@@ -455,15 +519,28 @@ def run_tuner(
         write_csv()
         restore()
 
+
+def _report(
+    rows: list[dict[str, Any]],
+    spec: TunerSpec,
+    trainer: Any,
+    config_dir: Path,
+    gpu: int,
+    csv_path: Path,
+    log_dir: Path,
+    echo: Callable[[str], None],
+) -> None:
+    """The results table, the best experiment with the command that predicts with it, and
+    the failures."""
     echo(f"results: {csv_path}")
-    monitor, mode = first_cfg.trainer.monitor, first_cfg.trainer.monitor_mode
+    monitor, mode = trainer.monitor, trainer.monitor_mode
     echo(format_table(rows, list(spec.axes), monitor, mode))
     best = best_row(rows, monitor, mode)
     if best is not None:
         echo(f"best: {best['expid']} (valid AUC {_cell(best['valid_AUC'])})")
         command = (
             "predict with it: python prediction.py --config "
-            f"{shlex.quote(str(config_dir))} --expid {best['expid']} --gpu {gpus[0]}"
+            f"{shlex.quote(str(config_dir))} --expid {best['expid']} --gpu {gpu}"
         )
         run_dir = Path(best["run_dir"])
         if run_dir.name != best["expid"]:  # reused: it finished under another grid number
@@ -472,7 +549,6 @@ def run_tuner(
     failed = [r["expid"] for r in rows if r["status"] == FAILED]
     if failed:
         echo(f"{len(failed)} failed: {', '.join(failed)} (see {log_dir})")
-    return rows
 
 
 def _launch(

@@ -265,68 +265,19 @@ def write_tiny_experiment(
     tmp_path: Path, data_dir: Path, expid: str = "tiny_exp", **params
 ) -> tuple[Path, str]:
     """A config folder (model_config.yaml + dataset_config.yaml) for the tiny preset in
-    ``data_dir``: the tests' tiny model, ``params`` over it -> (config_dir, expid)."""
+    ``data_dir``: the tests' tiny model, ``params`` over it -> (config_dir, expid). The dataset
+    block is the MicroLens one (``microlens_dataset_config``), as the drill writes it."""
+    from dataclasses import asdict
+
     import yaml
+
+    from mmctr.data.contract import microlens_dataset_config
 
     cfg_dir = tmp_path / "config"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     block = {**TINY_MODEL, "model_root": str(tmp_path / "ckpt"), **params}
     (cfg_dir / "model_config.yaml").write_text(yaml.safe_dump({"Base": {}, expid: block}))
-    feature_cols = [
-        {"name": "user_id", "active": True, "dtype": "int", "type": "meta"},
-        {"name": "item_seq", "active": True, "dtype": "int", "type": "meta"},
-        {
-            "name": "likes_level",
-            "active": True,
-            "dtype": "int",
-            "type": "categorical",
-            "vocab_size": 11,
-        },
-        {
-            "name": "views_level",
-            "active": True,
-            "dtype": "int",
-            "type": "categorical",
-            "vocab_size": 11,
-        },
-        {
-            "name": "item_id",
-            "active": True,
-            "dtype": "int",
-            "type": "categorical",
-            "vocab_size": 300,
-            "source": "item",
-        },
-        {
-            "name": "item_tags",
-            "active": True,
-            "dtype": "int",
-            "type": "sequence",
-            "max_len": 5,
-            "vocab_size": 11740,
-            "source": "item",
-        },
-        {
-            "name": "item_emb_d128",
-            "active": True,
-            "dtype": "float",
-            "type": "embedding",
-            "source": "item",
-            "embedding_dim": 128,
-        },
-    ]
-    dataset = {
-        "tiny": {
-            "data_root": str(data_dir),
-            "data_format": "parquet",
-            "train_data": str(data_dir / "train.parquet"),
-            "valid_data": str(data_dir / "valid.parquet"),
-            "test_data": str(data_dir / "test.parquet"),
-            "item_info": str(data_dir / "item_info.parquet"),
-            "rebuild_dataset": False,
-            "feature_cols": feature_cols,
-            "label_col": {"name": "label", "dtype": "float"},
-        }
-    }
-    (cfg_dir / "dataset_config.yaml").write_text(yaml.safe_dump(dataset))
+    dataset = asdict(microlens_dataset_config(data_dir, dataset_id="tiny"))
+    dataset.pop("dataset_id")
+    (cfg_dir / "dataset_config.yaml").write_text(yaml.safe_dump({"tiny": dataset}))
     return cfg_dir, expid

@@ -24,6 +24,19 @@ from mmctr.models.base import CTRModel
 from mmctr.models.layers import MLP, CrossNetV2, SequenceEncoder
 
 
+def sequence_encoder(item_dim: int, cfg: TransformerDCNConfig) -> SequenceEncoder:
+    """The Transformer over [history item || target] tokens that the config describes."""
+    return SequenceEncoder(
+        item_dim,
+        num_heads=cfg.num_heads,
+        num_layers=cfg.transformer_layers,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.transformer_dropout,
+        first_k_cols=cfg.first_k_cols,
+        concat_max_pool=cfg.concat_max_pool,
+    )
+
+
 def parallel_dcn(width: int, cfg: TransformerDCNConfig) -> tuple[CrossNetV2, MLP, MLP]:
     """The interaction arch over a (B, width) input: CrossNetV2 beside an MLP
     (``dcn_hidden_units``), then the head MLP (``mlp_hidden_units``) -> 1 logit."""
@@ -47,15 +60,7 @@ class TransformerDCN(CTRModel):
             raise ValueError("transformer_layers must be at least 1 (Transformer_DCN_TA takes 0)")
         self.min_seq_len = cfg.first_k_cols
         item_dim = self.item_encoder.out_dim
-        self.sequence = SequenceEncoder(
-            item_dim,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.transformer_layers,
-            dim_feedforward=cfg.dim_feedforward,
-            dropout=cfg.transformer_dropout,
-            first_k_cols=cfg.first_k_cols,
-            concat_max_pool=cfg.concat_max_pool,
-        )
+        self.sequence = sequence_encoder(item_dim, cfg)
         width = self.side_encoder.out_dim + item_dim + self.sequence.out_dim
         self.cross, self.parallel_dnn, self.head = parallel_dcn(width, cfg)
         self.input_width = width

@@ -33,8 +33,8 @@ import torch
 from mmctr.config.schema import DatasetConfig, TransformerDCNTAConfig
 from mmctr.data.dataset import HISTORY_COL, TARGET_COL, ItemTable
 from mmctr.models.base import CTRModel
-from mmctr.models.layers import SequenceEncoder, TargetInterest
-from mmctr.models.transformer_dcn import parallel_dcn
+from mmctr.models.layers import TargetInterest
+from mmctr.models.transformer_dcn import parallel_dcn, sequence_encoder
 
 
 class TargetAwareTransformerDCN(CTRModel):
@@ -47,15 +47,7 @@ class TargetAwareTransformerDCN(CTRModel):
         self.sequence = None
         if cfg.transformer_layers > 0:
             self.min_seq_len = cfg.first_k_cols
-            self.sequence = SequenceEncoder(
-                item_dim,
-                num_heads=cfg.num_heads,
-                num_layers=cfg.transformer_layers,
-                dim_feedforward=cfg.dim_feedforward,
-                dropout=cfg.transformer_dropout,
-                first_k_cols=cfg.first_k_cols,
-                concat_max_pool=cfg.concat_max_pool,
-            )
+            self.sequence = sequence_encoder(item_dim, cfg)
         self.match = cfg.interest_match and bool(self.item_encoder.match_features)
         self.interest = TargetInterest(
             item_dim,

@@ -32,19 +32,20 @@ from mmctr.training.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 
 #: contrasting data shapes (mmctr.data.demo.Knobs); "default" is the demo data itself
-SETTINGS: dict[str, tuple[Knobs, bool]] = {  # name -> (knobs, CLIP-embed the images)
-    "default": (Knobs(), True),
-    "latent": (Knobs(emb_noise=0.0), False),
-    "long_history": (Knobs(history_median=40.0, history_sigma=1.0), False),
-    "weak_image": (Knobs(emb_noise=4.0, pop_sigma=1.5, pop_effect=0.8), False),
-    "weak_topic": (Knobs(topic_rho=0.2, tag_noise=0.5, unseen_user_frac=0.8), False),
+SETTINGS: dict[str, tuple[Knobs, bool, list[str]]] = {
+    # name -> (knobs, CLIP-embed the images, config overrides for the setting's data)
+    "default": (Knobs(), True, []),
+    "latent": (Knobs(emb_noise=0.0), False, []),
+    "long_history": (Knobs(history_median=40.0, history_sigma=1.0), False, ["max_len=100"]),
+    "weak_image": (Knobs(emb_noise=4.0, pop_sigma=1.5, pop_effect=0.8), False, []),
+    "weak_topic": (Knobs(topic_rho=0.2, tag_noise=0.5, unseen_user_frac=0.8), False, []),
 }
 EXPIDS = ("Transformer_DCN_TA_demo", "Transformer_DCN_demo", "DIN_demo", "DCNv2_demo")
 
 
 def prepare_data(work: Path, setting: str, seed: int) -> Path:
     """The setting's demo data for ``seed`` (reused when complete)."""
-    knobs, embed = SETTINGS[setting]
+    knobs, embed, _ = SETTINGS[setting]
     data = work / f"{setting}_s{seed}"
     marker = data / ".study.json"
     want = {"seed": seed, "knobs": knobs.changed(), "clip": embed}
@@ -76,11 +77,9 @@ def prepare_data(work: Path, setting: str, seed: int) -> Path:
     return data
 
 
-def run_one(work: Path, data: Path, expid: str) -> dict:
+def run_one(work: Path, data: Path, setting: str, expid: str) -> dict:
     overrides = [f"{k}={data / f}.parquet" for k, f in _SPLIT_FILES.items()]
-    overrides += [f"model_root={work / 'runs' / data.name}"]
-    if "long_history" in data.name:
-        overrides.append("max_len=100")  # read the whole history
+    overrides += [f"model_root={work / 'runs' / data.name}", *SETTINGS[setting][2]]
     cfg = load_config(ROOT / "config" / "demo", expid, overrides=overrides)
     done = cfg.run_dir / "metrics.json"
     if done.is_file():
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             data = prepare_data(work, setting, seed)
             for expid in expids:
-                res = run_one(work, data, expid)
+                res = run_one(work, data, setting, expid)
                 rows.append(row_of(setting, seed, expid, res))
                 r = rows[-1]
                 print(
